@@ -1,0 +1,192 @@
+"""`onedp`: the command line. One subcommand per stage of the pipeline.
+
+Each subcommand validates its arguments before it starts work, reports a bad value as
+`onedp <command>: error: <what and where>` with exit status 2, and writes its outputs whole
+or not at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from onedp_control.errors import ConfigError
+from onedp_control.sim.tasks import TASKS
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _add_task(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    parser.add_argument(
+        "--task",
+        choices=sorted(TASKS),
+        default=default,
+        required=default is None,
+        help="simulated task",
+    )
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from onedp_control.collect import collect
+
+    report = collect(
+        args.task,
+        args.episodes,
+        args.out,
+        seed=args.seed,
+        keep_failures=args.keep_failures,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    print(
+        f"wrote {report.episodes} episodes ({report.steps} steps) to {report.path}; "
+        f"expert attempts {report.attempts}, discarded {report.discarded}"
+    )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from onedp_control.evaluate import evaluate, format_table
+    from onedp_control.files import check_output_path, write_json_atomic
+
+    if args.json is not None:
+        check_output_path(args.json, overwrite=True, directory=False)
+    report = evaluate(
+        args.task,
+        args.policy,
+        args.episodes,
+        seed=args.seed,
+        clock=args.clock,
+        latency_s=None if args.latency_ms is None else args.latency_ms / 1e3,
+        progress=not args.quiet,
+    )
+    print(format_table(report))
+    if args.json is not None:
+        write_json_atomic(args.json, report)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_bench_sim(args: argparse.Namespace) -> int:
+    from onedp_control.bench import bench_sim, to_markdown
+    from onedp_control.files import check_output_path, write_json_atomic
+
+    for path in (args.json, args.md):
+        if path is not None:
+            check_output_path(path, overwrite=True, directory=False)
+    report = bench_sim(args.task, quick=args.quick)
+    markdown = to_markdown(report)
+    print(markdown)
+    if args.json is not None:
+        write_json_atomic(args.json, report)
+    if args.md is not None:
+        args.md.parent.mkdir(parents=True, exist_ok=True)
+        args.md.write_text(markdown)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from onedp_control.evaluate import EVAL_SEED
+    from onedp_control.rollout import CLOCKS
+
+    parser = argparse.ArgumentParser(
+        prog="onedp", description="One-step diffusion policy: collect, train, run, score."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    collect = sub.add_parser(
+        "collect",
+        help="scripted-expert demonstrations into a zarr dataset",
+        description="Run the scripted expert and save successful episodes as a dataset.",
+    )
+    _add_task(collect)
+    collect.add_argument("--episodes", type=positive_int, required=True, help="episodes to keep")
+    collect.add_argument("--out", type=Path, required=True, help="dataset directory to create")
+    collect.add_argument("--seed", type=int, default=0, help="first world seed (default 0)")
+    collect.add_argument(
+        "--keep-failures", action="store_true", help="keep episodes the expert failed too"
+    )
+    collect.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    collect.add_argument("--quiet", action="store_true", help="no progress bar")
+    collect.set_defaults(func=cmd_collect)
+
+    evaluate = sub.add_parser(
+        "eval",
+        help="score a policy: success rate and completion time",
+        description="Run a policy on seeded episodes and report success and completion time.",
+    )
+    _add_task(evaluate)
+    evaluate.add_argument("--policy", required=True, help="'expert' (learned checkpoints later)")
+    evaluate.add_argument("--episodes", type=positive_int, default=100)
+    evaluate.add_argument("--json", type=Path, help="write the report (with per-episode records)")
+    evaluate.add_argument(
+        "--seed",
+        type=int,
+        default=EVAL_SEED,
+        help=f"first world seed (default {EVAL_SEED}, unseen in collection)",
+    )
+    evaluate.add_argument(
+        "--clock",
+        choices=CLOCKS,
+        default="lockstep",
+        help="lockstep: the world waits for the policy; realtime: it does not",
+    )
+    evaluate.add_argument(
+        "--latency-ms",
+        type=non_negative_float,
+        help="realtime clock: use this inference time instead of the measured one",
+    )
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    evaluate.set_defaults(func=cmd_eval)
+
+    bench = sub.add_parser("bench", help="benchmarks (JSON + Markdown)")
+    bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    sim = bench_sub.add_parser("sim", help="physics, tracking and rendering speed")
+    _add_task(sim, default="pnp_milk")
+    sim.add_argument("--json", type=Path)
+    sim.add_argument("--md", type=Path)
+    sim.add_argument("--quick", action="store_true", help="fewer repetitions")
+    sim.set_defaults(func=cmd_bench_sim)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "eval" and args.latency_ms is not None and args.clock != "realtime":
+        parser.error("--latency-ms only applies with --clock realtime")
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"onedp {args.command}: interrupted; nothing partial was written", file=sys.stderr)
+        return 130
+    except (ConfigError, OSError) as error:
+        print(f"onedp {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
