@@ -18,6 +18,7 @@ CORE = [
     "opencv-python-headless==4.13.0.92",
     "zarr==3.1.6",
     "tqdm==4.70.1",
+    "matplotlib==3.11.2",  # loss curves
     "pyyaml==6.0.3",
     "onnx==1.23.2",
     "onnxruntime==1.31.1",
@@ -38,6 +39,8 @@ EXTRAS = {
     ],
     # TensorRT's wheel fetches its libraries from NVIDIA's own index at install time.
     "gpu": ["tensorrt==11.4.0.106"],
+    # Optional training dashboards (`train.tensorboard: true`).
+    "tensorboard": ["tensorboard==2.21.0"],
     # A MuJoCo server speaking the libfranka protocol, to test the franky driver on loopback.
     "franky-sim": ["franky-sim==1.0.4"],
     "dev": [

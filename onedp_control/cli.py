@@ -68,6 +68,32 @@ def cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from onedp_control.learning.train import train
+
+    policy = train(args.config, resume=args.resume, progress=not args.quiet)
+    print(f"wrote {policy} (and last.pt, loss.png beside it)")
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from onedp_control.learning.distill import distill
+
+    policy = distill(
+        args.config, args.method, args.teacher, resume=args.resume, progress=not args.quiet
+    )
+    print(f"wrote {policy} (and last.pt, loss.png beside it)")
+    return 0
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    from onedp_control.learning.checkpoint import pack_policy
+
+    size = pack_policy(args.policy, args.out)
+    print(f"wrote {args.out} ({size / 1e6:.1f} MB)")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from onedp_control.evaluate import evaluate, format_table
     from onedp_control.files import check_output_path, write_json_atomic
@@ -82,6 +108,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         clock=args.clock,
         latency_s=None if args.latency_ms is None else args.latency_ms / 1e3,
         progress=not args.quiet,
+        sampler=args.sampler,
     )
     print(format_table(report))
     if args.json is not None:
@@ -133,13 +160,50 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--quiet", action="store_true", help="no progress bar")
     collect.set_defaults(func=cmd_collect)
 
+    train = sub.add_parser(
+        "train",
+        help="train the Diffusion Policy teacher",
+        description="Train a Diffusion Policy from a YAML config (see config/train/).",
+    )
+    train.add_argument("--config", type=Path, required=True, help="training config (YAML)")
+    train.add_argument("--resume", action="store_true", help="continue the run in output_dir")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train)
+
+    distill = sub.add_parser(
+        "distill",
+        help="distil a teacher into a one-step generator (OneDP)",
+        description="OneDP-S / OneDP-D distillation of a trained teacher.",
+    )
+    distill.add_argument("--method", required=True, choices=["onedp-s", "onedp-d"])
+    distill.add_argument("--teacher", type=Path, required=True, help="teacher policy.pt")
+    distill.add_argument("--config", type=Path, required=True, help="distillation config (YAML)")
+    distill.add_argument("--resume", action="store_true", help="continue the run in output_dir")
+    distill.add_argument("--quiet", action="store_true", help="no progress bar")
+    distill.set_defaults(func=cmd_distill)
+
+    pack = sub.add_parser(
+        "pack",
+        help="store a policy.pt in float16, to ship it (e.g. in models/)",
+        description="Write a policy file with float16 weights; loading restores float32.",
+    )
+    pack.add_argument("--policy", type=Path, required=True, help="policy.pt to pack")
+    pack.add_argument("--out", type=Path, required=True)
+    pack.set_defaults(func=cmd_pack)
+
     evaluate = sub.add_parser(
         "eval",
         help="score a policy: success rate and completion time",
         description="Run a policy on seeded episodes and report success and completion time.",
     )
     _add_task(evaluate)
-    evaluate.add_argument("--policy", required=True, help="'expert' (learned checkpoints later)")
+    evaluate.add_argument(
+        "--policy", required=True, help="'expert', or a checkpoint (policy.pt, models/...)"
+    )
+    evaluate.add_argument(
+        "--sampler",
+        help="ddpm, ddimN, edmN or onestep (default: ddpm for a teacher, onestep for OneDP)",
+    )
     evaluate.add_argument("--episodes", type=positive_int, default=100)
     evaluate.add_argument("--json", type=Path, help="write the report (with per-episode records)")
     evaluate.add_argument(

@@ -22,12 +22,13 @@ def evaluate(
     clock: str = "lockstep",
     latency_s: float | None = None,
     progress: bool = True,
+    sampler: str | None = None,
 ) -> dict:
     if episodes < 1:
         raise ConfigError(f"--episodes must be a positive integer, got {episodes}")
     records = []
     with PnpMilkWorld(task) as world:
-        policy = make_policy(policy_spec, world)
+        policy = make_policy(policy_spec, world, sampler)
         for index in tqdm(range(episodes), desc=f"eval {task}", unit="ep", disable=not progress):
             result = run_episode(world, policy, seed + index, clock=clock, latency_s=latency_s)
             records.append(result)
@@ -43,6 +44,8 @@ def evaluate(
     return {
         "task": task,
         "policy": policy_spec,
+        "sampler": None if policy.sampler is None else policy.sampler.label,
+        "nfe": None if policy.sampler is None else policy.sampler.nfe,
         "clock": clock,
         "latency_override_ms": None if latency_s is None else latency_s * 1e3,
         "episodes": episodes,
@@ -67,6 +70,10 @@ def format_table(report: dict) -> str:
     rows = [
         ("task", report["task"]),
         ("policy", report["policy"]),
+        (
+            "sampler (NFE)",
+            "-" if report["sampler"] is None else f"{report['sampler']} ({report['nfe']})",
+        ),
         ("clock", report["clock"]),
         ("episodes", str(report["episodes"])),
         (

@@ -49,7 +49,7 @@ def run_cli(args, capsys):
         ),
         (
             ["eval", "--task", "pnp_milk", "--policy", "ckpt.pt", "--episodes", "1"],
-            "--policy: unknown policy 'ckpt.pt'",
+            "--policy: 'ckpt.pt' is neither a built-in policy",
         ),
         (
             ["eval", "--task", "pnp_milk", "--policy", "expert", "--json", "{tmp}/afile/r.json"],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from onedp_control.errors import ConfigError
 from onedp_control.policies.base import Policy
 from onedp_control.sim.world import PnpMilkWorld
@@ -9,10 +11,21 @@ from onedp_control.sim.world import PnpMilkWorld
 BUILTIN_POLICIES = ("expert",)
 
 
-def make_policy(spec: str, world: PnpMilkWorld) -> Policy:
-    """`expert` is the scripted expert; learned checkpoints plug in here as they land."""
+def make_policy(spec: str, world: PnpMilkWorld, sampler: str | None = None) -> Policy:
+    """`expert` is the scripted expert; anything else is a checkpoint file (policy.pt, or a
+    shipped model), sampled with `sampler` (default: DDPM for a teacher, one step for OneDP)."""
     if spec == "expert":
+        if sampler is not None:
+            raise ConfigError("--sampler: the scripted expert has no sampler")
         from onedp_control.policies.expert import ScriptedExpert
 
         return ScriptedExpert(world)
-    raise ConfigError(f"--policy: unknown policy '{spec}' (known: {', '.join(BUILTIN_POLICIES)})")
+    path = Path(spec)
+    if not path.exists():
+        raise ConfigError(
+            f"--policy: '{spec}' is neither a built-in policy ({', '.join(BUILTIN_POLICIES)}) "
+            "nor an existing checkpoint file"
+        )
+    from onedp_control.policies.learned import load_policy
+
+    return load_policy(path, sampler)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from onedp_control.sim.world import Observation
+
+if TYPE_CHECKING:
+    from onedp_control.policies.diffusion import Sampler
 
 
 class Policy(Protocol):
@@ -22,6 +25,7 @@ class Policy(Protocol):
     name: str
     obs_horizon: int
     action_steps: int
+    sampler: Sampler | None  # how a learned policy draws a chunk; None for a scripted one
 
     def reset(self) -> None: ...
 

@@ -46,6 +46,7 @@ class ScriptedExpert:
     name = "expert"
     obs_horizon = 1
     action_steps = 1
+    sampler = None
 
     def __init__(self, world: PnpMilkWorld, config: ExpertConfig | None = None) -> None:
         self.world = world

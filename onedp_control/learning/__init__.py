@@ -1,0 +1,1 @@
+"""Training and distillation loops, data windows and checkpoints."""

@@ -1,0 +1,94 @@
+"""Checkpoints: one file holds the method, the model configuration, the weights (with the fitted
+normalizer) and, for a run that can resume, the optimiser and RNG states and the loss history.
+
+A policy file is a checkpoint without the training state. Loading checks the format, the
+method and the architecture, and names the file and what does not match.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from onedp_control.config import from_dict
+from onedp_control.errors import ConfigError
+from onedp_control.policies.diffusion import DiffusionPolicy, ModelConfig
+
+FORMAT = "onedp-checkpoint-v1"
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """Atomically: a crash mid-write leaves the previous checkpoint intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save({"format": FORMAT, **payload}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def model_payload(method: str, model: DiffusionPolicy, extra: dict | None = None) -> dict:
+    return {
+        "method": method,
+        "model_config": dataclasses.asdict(model.config),
+        "model": model.state_dict(),
+        **(extra or {}),
+    }
+
+
+def read_checkpoint(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such checkpoint")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # truncated or not a torch file: several exception types
+        raise ConfigError(
+            f"{path}: not a readable checkpoint ({type(error).__name__}: {error})"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ConfigError(f"{path}: not an onedp checkpoint (format is not {FORMAT})")
+    return payload
+
+
+def build_model(payload: dict, path: Path) -> DiffusionPolicy:
+    """The network described by a checkpoint, with its weights."""
+    config = from_dict(ModelConfig, payload["model_config"], f"{path}:model_config")
+    model = DiffusionPolicy(config)
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as error:
+        first = str(error).splitlines()[1:2] or [str(error)]
+        raise ConfigError(
+            f"{path}: weights do not fit the architecture: {first[0].strip()}"
+        ) from None
+    return model
+
+
+def load_model(path: Path, methods: tuple[str, ...]) -> tuple[str, DiffusionPolicy]:
+    payload = read_checkpoint(path)
+    method = payload.get("method")
+    if method not in methods:
+        raise ConfigError(f"{path}: method is '{method}', expected one of {', '.join(methods)}")
+    return method, build_model(payload, path)
+
+
+def pack_policy(source: Path, destination: Path) -> int:
+    """A policy file with float weights stored as float16 (half the size; loading restores
+    float32). Returns the number of bytes written."""
+    payload = read_checkpoint(source)
+    if "model" not in payload or "optimizer" in payload or "distiller" in payload:
+        raise ConfigError(f"{source}: not a policy file (use policy.pt, not last.pt)")
+    payload["model"] = {
+        key: value.half() if value.is_floating_point() else value
+        for key, value in payload["model"].items()
+    }
+    payload.pop("format")
+    save_checkpoint(destination, payload)
+    return destination.stat().st_size

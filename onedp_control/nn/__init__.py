@@ -1,0 +1,1 @@
+"""Network blocks shared by every policy method: vision encoders and the temporal U-Net."""
