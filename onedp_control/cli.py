@@ -49,6 +49,13 @@ def _add_task(parser: argparse.ArgumentParser, default: str | None = None) -> No
     )
 
 
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a training run: its YAML config, resuming it, quiet."""
+    parser.add_argument("--config", type=Path, required=True, help="run config (YAML)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in output_dir")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def cmd_collect(args: argparse.Namespace) -> int:
     from onedp_control.collect import collect
 
@@ -165,9 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train the Diffusion Policy teacher",
         description="Train a Diffusion Policy from a YAML config (see config/train/).",
     )
-    train.add_argument("--config", type=Path, required=True, help="training config (YAML)")
-    train.add_argument("--resume", action="store_true", help="continue the run in output_dir")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_run_options(train)
     train.set_defaults(func=cmd_train)
 
     distill = sub.add_parser(
@@ -177,9 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     distill.add_argument("--method", required=True, choices=["onedp-s", "onedp-d"])
     distill.add_argument("--teacher", type=Path, required=True, help="teacher policy.pt")
-    distill.add_argument("--config", type=Path, required=True, help="distillation config (YAML)")
-    distill.add_argument("--resume", action="store_true", help="continue the run in output_dir")
-    distill.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_run_options(distill)
     distill.set_defaults(func=cmd_distill)
 
     pack = sub.add_parser(

@@ -64,6 +64,11 @@ def write_config(path: Path, dataset: Path, out: Path, steps: int, **extra) -> P
     return path
 
 
+def run_eval(policy: Path, *extra: str) -> int:
+    """`onedp eval` on one pnp_milk episode."""
+    return main(["eval", "--task", "pnp_milk", "--policy", str(policy), "--episodes", "1", *extra])
+
+
 def tiny_model() -> DiffusionPolicy:
     config = load_config_from_dict(TINY)
     return DiffusionPolicy(config)
@@ -224,65 +229,16 @@ def test_distillation_writes_a_one_step_policy_that_runs(tmp_path, dataset, teac
     ]
     assert changed, "distillation must move the generator away from the teacher"
     report = tmp_path / "eval.json"
-    assert (
-        main(
-            [
-                "eval",
-                "--task",
-                "pnp_milk",
-                "--policy",
-                str(policy_path),
-                "--episodes",
-                "1",
-                "--json",
-                str(report),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert run_eval(policy_path, "--json", str(report), "--quiet") == 0
     result = json.loads(report.read_text())
     assert result["sampler"] == "onestep" and result["nfe"] == 1 and result["episodes"] == 1
 
 
 def test_teacher_samplers_run_in_the_world(tmp_path, teacher, capsys):
     report = tmp_path / "eval.json"
-    assert (
-        main(
-            [
-                "eval",
-                "--task",
-                "pnp_milk",
-                "--policy",
-                str(teacher),
-                "--sampler",
-                "ddim2",
-                "--episodes",
-                "1",
-                "--json",
-                str(report),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert run_eval(teacher, "--sampler", "ddim2", "--json", str(report), "--quiet") == 0
     assert json.loads(report.read_text())["nfe"] == 2
-    assert (
-        main(
-            [
-                "eval",
-                "--task",
-                "pnp_milk",
-                "--policy",
-                str(teacher),
-                "--sampler",
-                "onestep",
-                "--episodes",
-                "1",
-            ]
-        )
-        == 2
-    )
+    assert run_eval(teacher, "--sampler", "onestep") == 2
     assert "does not apply to a diffusion checkpoint" in capsys.readouterr().err
 
 
