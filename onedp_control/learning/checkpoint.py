@@ -21,6 +21,14 @@ from onedp_control.policies.diffusion import DiffusionPolicy, ModelConfig
 FORMAT = "onedp-checkpoint-v1"
 
 
+def check_resumable(last: Path, resume: bool) -> None:
+    """A run directory's `last.pt` is continued only on request, and only if it exists."""
+    if last.exists() and not resume:
+        raise ConfigError(f"{last}: a run exists here; pass --resume to continue it")
+    if resume and not last.exists():
+        raise ConfigError(f"{last}: nothing to resume")
+
+
 def save_checkpoint(path: Path, payload: dict) -> None:
     """Atomically: a crash mid-write leaves the previous checkpoint intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,12 +79,13 @@ def build_model(payload: dict, path: Path) -> DiffusionPolicy:
     return model
 
 
-def load_model(path: Path, methods: tuple[str, ...]) -> tuple[str, DiffusionPolicy]:
+def load_model(path: Path, methods: tuple[str, ...]) -> tuple[dict, DiffusionPolicy]:
+    """The checkpoint's payload and its network, refusing a method not in `methods`."""
     payload = read_checkpoint(path)
     method = payload.get("method")
     if method not in methods:
         raise ConfigError(f"{path}: method is '{method}', expected one of {', '.join(methods)}")
-    return method, build_model(payload, path)
+    return payload, build_model(payload, path)
 
 
 def pack_policy(source: Path, destination: Path) -> int:

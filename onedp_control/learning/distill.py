@@ -20,6 +20,7 @@ from onedp_control.config import load_config
 from onedp_control.dataset import Dataset
 from onedp_control.errors import ConfigError
 from onedp_control.learning.checkpoint import (
+    check_resumable,
     load_model,
     model_payload,
     read_checkpoint,
@@ -57,10 +58,7 @@ def distill(
     onedp_cfg.validate(f"{config_path}:onedp")
     out = Path(cfg.output_dir) / method
     last = out / "last.pt"
-    if last.exists() and not resume:
-        raise ConfigError(f"{last}: a run exists here; pass --resume to continue it")
-    if resume and not last.exists():
-        raise ConfigError(f"{last}: nothing to resume")
+    check_resumable(last, resume)
     _, teacher = load_model(teacher_path, ("diffusion",))
     loop = cfg.train
     torch.set_num_threads(loop.threads)

@@ -21,7 +21,12 @@ from tqdm import tqdm
 from onedp_control.config import load_config
 from onedp_control.dataset import Dataset
 from onedp_control.errors import ConfigError
-from onedp_control.learning.checkpoint import model_payload, read_checkpoint, save_checkpoint
+from onedp_control.learning.checkpoint import (
+    check_resumable,
+    model_payload,
+    read_checkpoint,
+    save_checkpoint,
+)
 from onedp_control.learning.data import TrainingWindows
 from onedp_control.learning.plot import plot_losses
 from onedp_control.policies.diffusion import DiffusionPolicy, ModelConfig
@@ -89,10 +94,7 @@ def train(config_path: Path, resume: bool = False, progress: bool = True) -> Pat
     opt_cfg = cfg.train
     out = Path(cfg.output_dir)
     last = out / "last.pt"
-    if last.exists() and not resume:
-        raise ConfigError(f"{last}: a run exists here; pass --resume to continue it")
-    if resume and not last.exists():
-        raise ConfigError(f"{last}: nothing to resume")
+    check_resumable(last, resume)
     torch.set_num_threads(opt_cfg.threads)
     torch.manual_seed(opt_cfg.seed)
 

@@ -16,7 +16,7 @@ import torch
 
 from onedp_control.config import from_dict
 from onedp_control.errors import ConfigError
-from onedp_control.learning.checkpoint import build_model, read_checkpoint
+from onedp_control.learning.checkpoint import load_model
 from onedp_control.learning.data import crop_frames, low_dim_state, resize_frames, to_image_tensor
 from onedp_control.policies.diffusion import DiffusionPolicy, Sampler
 from onedp_control.policies.onedp import OneDPConfig, generate, generator_noise
@@ -96,11 +96,8 @@ class LearnedPolicy:
 
 
 def load_policy(path: Path, sampler: str | None = None, seed: int = 0) -> LearnedPolicy:
-    payload = read_checkpoint(path)
-    method = payload.get("method")
-    if method not in DEFAULT_SAMPLER:
-        raise ConfigError(f"{path}: method '{method}' is not a policy this runtime can run")
-    model = build_model(payload, path)
+    payload, model = load_model(path, tuple(DEFAULT_SAMPLER))
+    method = payload["method"]
     onedp = None
     if method != "diffusion":
         onedp = from_dict(OneDPConfig, payload["onedp"], f"{path}:onedp")
