@@ -22,6 +22,7 @@ CORE = [
     "pyyaml==6.0.3",
     "onnx==1.23.2",
     "onnxruntime==1.31.1",
+    "onnxconverter-common==1.16.0",  # float32 -> float16 graphs for TensorRT 11 (strong typing)
     "pyrealsense2==2.59.1.11053",
     "franky-control==2.0.0",
 ]
@@ -38,7 +39,7 @@ EXTRAS = {
         "ros-lifecycle-msgs==2.3.0",
     ],
     # TensorRT's wheel fetches its libraries from NVIDIA's own index at install time.
-    "gpu": ["tensorrt==11.4.0.106"],
+    "gpu": ["tensorrt==11.4.0.106", "cuda-python==13.4.4"],
     # Optional training dashboards (`train.tensorboard: true`).
     "tensorboard": ["tensorboard==2.21.0"],
     # A MuJoCo server speaking the libfranka protocol, to test the franky driver on loopback.

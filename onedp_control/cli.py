@@ -116,6 +116,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         latency_s=None if args.latency_ms is None else args.latency_ms / 1e3,
         progress=not args.quiet,
         sampler=args.sampler,
+        backend=args.backend,
     )
     print(format_table(report))
     if args.json is not None:
@@ -126,19 +127,53 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_bench_sim(args: argparse.Namespace) -> int:
     from onedp_control.bench import bench_sim, to_markdown
-    from onedp_control.files import check_output_path, write_json_atomic
+    from onedp_control.files import check_output_path
 
     for path in (args.json, args.md):
         if path is not None:
             check_output_path(path, overwrite=True, directory=False)
     report = bench_sim(args.task, quick=args.quick)
-    markdown = to_markdown(report)
+    _write_report(report, to_markdown(report), args.json, args.md)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from onedp_control.engines.export import export_onnx
+
+    if args.engine is not None and args.engine.suffix != ".engine":
+        raise ConfigError(f"--engine: {args.engine} must end in .engine")
+    manifest = export_onnx(args.checkpoint, args.onnx, args.sampler)
+    for role, graph in manifest["graphs"].items():
+        print(f"wrote {args.onnx.parent / graph['file']} ({role}, opset {manifest['opset']})")
+    if args.engine is not None:
+        from onedp_control.engines.tensorrt_backend import build_engine
+
+        built = build_engine(args.onnx, args.engine, fp16=args.fp16, workspace_mb=args.workspace_mb)
+        for role, graph in built["graphs"].items():
+            print(f"wrote {args.engine.parent / graph['file']} ({role}, TensorRT)")
+    return 0
+
+
+def _write_report(report: dict, markdown: str, json_path: Path | None, md_path: Path | None):
+    from onedp_control.files import write_json_atomic
+
     print(markdown)
-    if args.json is not None:
-        write_json_atomic(args.json, report)
-    if args.md is not None:
-        args.md.parent.mkdir(parents=True, exist_ok=True)
-        args.md.write_text(markdown)
+    if json_path is not None:
+        write_json_atomic(json_path, report)
+    if md_path is not None:
+        md_path.parent.mkdir(parents=True, exist_ok=True)
+        md_path.write_text(markdown)
+
+
+def cmd_bench_latency(args: argparse.Namespace) -> int:
+    from onedp_control.bench_latency import bench_latency, to_markdown
+    from onedp_control.files import check_output_path
+
+    for path in (args.json, args.md):
+        if path is not None:
+            check_output_path(path, overwrite=True, directory=False)
+    report = bench_latency(quick=args.quick, threads=args.threads)
+    _write_report(report, to_markdown(report), args.json, args.md)
     return 0
 
 
@@ -207,6 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--sampler",
         help="ddpm, ddimN, edmN or onestep (default: ddpm for a teacher, onestep for OneDP)",
     )
+    evaluate.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime", "tensorrt"],
+        help="inference engine (default: from the model file: .pt, .onnx, .engine)",
+    )
     evaluate.add_argument("--episodes", type=positive_int, default=100)
     evaluate.add_argument("--json", type=Path, help="write the report (with per-episode records)")
     evaluate.add_argument(
@@ -237,6 +277,30 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--md", type=Path)
     sim.add_argument("--quick", action="store_true", help="fewer repetitions")
     sim.set_defaults(func=cmd_bench_sim)
+    latency = bench_sub.add_parser(
+        "latency", help="encoding, 1 / 10 / 100-step generation, torch vs ONNX Runtime"
+    )
+    latency.add_argument("--json", type=Path)
+    latency.add_argument("--md", type=Path)
+    latency.add_argument("--quick", action="store_true", help="CPU model size only, fewer runs")
+    latency.add_argument("--threads", type=positive_int, help="threads (default: all cores)")
+    latency.set_defaults(func=cmd_bench_latency)
+
+    export = sub.add_parser(
+        "export",
+        help="checkpoint -> ONNX graphs (+ TensorRT engines on a GPU)",
+        description="Export a trained model as ONNX graphs with a manifest (OUT.onnx.json); "
+        "with --engine, also build TensorRT engines (needs an NVIDIA GPU and TensorRT).",
+    )
+    export.add_argument("--checkpoint", type=Path, required=True, help="policy.pt or a model")
+    export.add_argument("--onnx", type=Path, required=True, help="OUT.onnx")
+    export.add_argument("--engine", type=Path, help="OUT.engine (TensorRT)")
+    export.add_argument(
+        "--fp16", action="store_true", help="TensorRT engine in float16 (float32 I/O)"
+    )
+    export.add_argument("--workspace-mb", type=positive_int, default=1024)
+    export.add_argument("--sampler", help="a teacher's default sampler in the manifest")
+    export.set_defaults(func=cmd_export)
     return parser
 
 

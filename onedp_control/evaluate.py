@@ -23,12 +23,13 @@ def evaluate(
     latency_s: float | None = None,
     progress: bool = True,
     sampler: str | None = None,
+    backend: str | None = None,
 ) -> dict:
     if episodes < 1:
         raise ConfigError(f"--episodes must be a positive integer, got {episodes}")
     records = []
     with PnpMilkWorld(task) as world:
-        policy = make_policy(policy_spec, world, sampler)
+        policy = make_policy(policy_spec, world, sampler, backend)
         for index in tqdm(range(episodes), desc=f"eval {task}", unit="ep", disable=not progress):
             result = run_episode(world, policy, seed + index, clock=clock, latency_s=latency_s)
             records.append(result)
@@ -46,6 +47,7 @@ def evaluate(
         "policy": policy_spec,
         "sampler": None if policy.sampler is None else policy.sampler.label,
         "nfe": None if policy.sampler is None else policy.sampler.nfe,
+        "backend": policy.backend,
         "clock": clock,
         "latency_override_ms": None if latency_s is None else latency_s * 1e3,
         "episodes": episodes,

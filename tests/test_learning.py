@@ -239,13 +239,13 @@ def test_teacher_samplers_run_in_the_world(tmp_path, teacher, capsys):
     assert run_eval(teacher, "--sampler", "ddim2", "--json", str(report), "--quiet") == 0
     assert json.loads(report.read_text())["nfe"] == 2
     assert run_eval(teacher, "--sampler", "onestep") == 2
-    assert "does not apply to a diffusion checkpoint" in capsys.readouterr().err
+    assert "does not apply to a diffusion model" in capsys.readouterr().err
 
 
 def test_features_of_a_frame_are_computed_once(world, teacher):
     policy = load_policy(teacher, "ddim1")
     calls = []
-    for encoder in policy.model.encoder.encoders.values():
+    for encoder in policy.engine.model.encoder.encoders.values():
         encoder.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
     policy.reset()
     frames = [world.reset(0)]

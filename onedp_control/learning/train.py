@@ -3,7 +3,8 @@
 AdamW with linear warm-up and cosine decay, an exponential moving average of the weights (the
 EMA weights are the policy), a progress bar, a checkpoint every `checkpoint_every` steps
 (`last.pt`, resumable, plus `policy.pt`, the EMA policy alone) and the loss curve as
-`loss.png`; TensorBoard scalars when asked for. A resumed run continues the same random
+`loss.png`; TensorBoard scalars when asked for. `init_from` starts a new phase (fresh optimiser
+and schedule) from an earlier policy file. A resumed run continues the same random
 streams, so it matches an unbroken one.
 """
 
@@ -23,6 +24,7 @@ from onedp_control.dataset import Dataset
 from onedp_control.errors import ConfigError
 from onedp_control.learning.checkpoint import (
     check_resumable,
+    load_model,
     model_payload,
     read_checkpoint,
     save_checkpoint,
@@ -53,6 +55,9 @@ class TrainConfig:
     output_dir: str
     model: ModelConfig = field(default_factory=ModelConfig)
     train: OptimConfig = field(default_factory=OptimConfig)
+    # A policy file of the same architecture to start from (its weights and normalizer), with
+    # a fresh optimiser and learning-rate schedule: a second training phase, unlike --resume.
+    init_from: str | None = None
 
 
 def ema_decay(step: int, power: float, max_decay: float) -> float:
@@ -88,6 +93,13 @@ def open_tensorboard(enabled: bool, out: Path):
     return SummaryWriter(str(out / "tensorboard"))
 
 
+def init_weights(model: DiffusionPolicy, source: Path, where: str) -> None:
+    _, start = load_model(source, ("diffusion",))
+    if start.config != model.config:
+        raise ConfigError(f"{where}: init_from {source} has a different model configuration")
+    model.load_state_dict(start.state_dict())
+
+
 def train(config_path: Path, resume: bool = False, progress: bool = True) -> Path:
     cfg = load_config(config_path, TrainConfig)
     cfg.model.validate(str(config_path))
@@ -101,6 +113,8 @@ def train(config_path: Path, resume: bool = False, progress: bool = True) -> Pat
     windows = TrainingWindows(Dataset(cfg.dataset), cfg.model)
     model = DiffusionPolicy(cfg.model)
     windows.fit_normalizer(model.normalizer)
+    if cfg.init_from is not None and not resume:
+        init_weights(model, Path(cfg.init_from), str(config_path))
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay

@@ -58,6 +58,13 @@ class ResNet18Trunk(nn.Module):
         return self.stages(self.stem(x))
 
 
+def _unit_range(count: int, like: torch.Tensor) -> torch.Tensor:
+    """`count` points evenly spaced over [-1, 1], in `like`'s dtype. (torch.linspace would do,
+    but the ONNX exporter turns it into float64 constants that TensorRT rejects.)"""
+    steps = torch.arange(count, device=like.device, dtype=like.dtype)
+    return steps * (2.0 / max(count - 1, 1)) - 1.0
+
+
 class SpatialSoftmax(nn.Module):
     """Expected image coordinates of `keypoints` learned heat maps: (B, C, H, W) -> (B, 2K)."""
 
@@ -69,9 +76,9 @@ class SpatialSoftmax(nn.Module):
         heat = self.to_keypoints(features)
         batch, keypoints, height, width = heat.shape
         attention = torch.softmax(heat.flatten(2), dim=-1)
-        ys = torch.linspace(-1.0, 1.0, height, device=heat.device, dtype=heat.dtype)
-        xs = torch.linspace(-1.0, 1.0, width, device=heat.device, dtype=heat.dtype)
-        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+        grid_y, grid_x = torch.meshgrid(
+            _unit_range(height, heat), _unit_range(width, heat), indexing="ij"
+        )
         expected_x = (attention * grid_x.reshape(1, 1, -1)).sum(-1)
         expected_y = (attention * grid_y.reshape(1, 1, -1)).sum(-1)
         return torch.stack([expected_x, expected_y], dim=-1).reshape(batch, 2 * keypoints)

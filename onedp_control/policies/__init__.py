@@ -11,12 +11,17 @@ from onedp_control.sim.world import PnpMilkWorld
 BUILTIN_POLICIES = ("expert",)
 
 
-def make_policy(spec: str, world: PnpMilkWorld, sampler: str | None = None) -> Policy:
-    """`expert` is the scripted expert; anything else is a checkpoint file (policy.pt, or a
-    shipped model), sampled with `sampler` (default: DDPM for a teacher, one step for OneDP)."""
+def make_policy(
+    spec: str, world: PnpMilkWorld, sampler: str | None = None, backend: str | None = None
+) -> Policy:
+    """`expert` is the scripted expert; anything else is a model file (policy.pt, a shipped
+    model, an exported .onnx or .engine), sampled with `sampler` (default: DDPM for a teacher,
+    one step for OneDP) on the inference `backend` (default: from the file type)."""
     if spec == "expert":
         if sampler is not None:
             raise ConfigError("--sampler: the scripted expert has no sampler")
+        if backend is not None:
+            raise ConfigError("--backend: the scripted expert runs no inference engine")
         from onedp_control.policies.expert import ScriptedExpert
 
         return ScriptedExpert(world)
@@ -28,4 +33,4 @@ def make_policy(spec: str, world: PnpMilkWorld, sampler: str | None = None) -> P
         )
     from onedp_control.policies.learned import load_policy
 
-    return load_policy(path, sampler)
+    return load_policy(path, sampler, backend=backend)

@@ -26,6 +26,7 @@ class Policy(Protocol):
     obs_horizon: int
     action_steps: int
     sampler: Sampler | None  # how a learned policy draws a chunk; None for a scripted one
+    backend: str | None  # the inference engine of a learned policy; None for a scripted one
 
     def reset(self) -> None: ...
 

@@ -162,13 +162,25 @@ class DiffusionPolicy(nn.Module):
         """A normalised action chunk (B, horizon, action_dim) for a global condition."""
         shape = (cond.shape[0], self.config.horizon, self.config.action_dim)
         noise = torch.randn(shape, generator=generator)
-        schedule = self.schedule
-        if sampler.name == "ddpm" and schedule.kind == "ddpm":
-            return schedule.sample_ddpm(self.unet, noise, cond, generator)
-        if sampler.name == "ddim" and schedule.kind == "ddpm":
-            return schedule.sample_ddim(self.unet, noise, cond, sampler.steps)
-        if sampler.name == "edm" and schedule.kind == "edm":
-            return schedule.sample_heun(self.unet, noise, cond, sampler.steps)
-        raise ConfigError(
-            f"--sampler: '{sampler.name}' does not apply to a {schedule.kind.upper()} teacher"
-        )
+        return run_sampler(self.schedule, self.unet, noise, cond, sampler, generator)
+
+
+def run_sampler(
+    schedule,
+    net,
+    noise: torch.Tensor,
+    cond: torch.Tensor,
+    sampler: Sampler,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """A multi-step sampler of `schedule` over any denoising network `net(x, level, cond)`: the
+    torch U-Net, or an exported one behind an inference engine."""
+    if sampler.name == "ddpm" and schedule.kind == "ddpm":
+        return schedule.sample_ddpm(net, noise, cond, generator)
+    if sampler.name == "ddim" and schedule.kind == "ddpm":
+        return schedule.sample_ddim(net, noise, cond, sampler.steps)
+    if sampler.name == "edm" and schedule.kind == "edm":
+        return schedule.sample_heun(net, noise, cond, sampler.steps)
+    raise ConfigError(
+        f"--sampler: '{sampler.name}' does not apply to a {schedule.kind.upper()} teacher"
+    )

@@ -47,6 +47,7 @@ class ScriptedExpert:
     obs_horizon = 1
     action_steps = 1
     sampler = None
+    backend = None
 
     def __init__(self, world: PnpMilkWorld, config: ExpertConfig | None = None) -> None:
         self.world = world

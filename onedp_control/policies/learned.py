@@ -1,4 +1,5 @@
-"""A trained checkpoint as a Policy: preprocessing, feature caching, sampling, de-normalising.
+"""A trained model as a Policy, behind any inference engine: preprocessing, feature caching,
+noise, and the chunk's time origin.
 
 Each observation frame is encoded once: its features are cached by timestamp, so at the next
 control step only the new frame goes through the vision encoders (with obs horizon 2, half the
@@ -14,92 +15,76 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from onedp_control.config import from_dict
-from onedp_control.errors import ConfigError
-from onedp_control.learning.checkpoint import load_model
+from onedp_control.engines import load_engine
+from onedp_control.engines.base import Engine, EngineSpec
 from onedp_control.learning.data import crop_frames, low_dim_state, resize_frames, to_image_tensor
-from onedp_control.policies.diffusion import DiffusionPolicy, Sampler
-from onedp_control.policies.onedp import OneDPConfig, generate, generator_noise
+from onedp_control.policies.diffusion import Sampler
 from onedp_control.sim.world import Observation
 
-DEFAULT_SAMPLER = {"diffusion": "ddpm", "onedp-s": "onestep", "onedp-d": "onestep"}
+
+def preprocess_frame(
+    observation: Observation, spec: EngineSpec
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Camera frames resized and centre-cropped as in training, as float32 (1, 3, H, W) in
+    [0, 1]; the raw low-dim state (1, D)."""
+    images = {
+        camera: to_image_tensor(
+            crop_frames(
+                resize_frames(getattr(observation, f"{camera}_rgb")[None], spec.resize),
+                spec.image_size,
+                None,
+            )
+        ).numpy()
+        for camera in spec.cameras
+    }
+    state = low_dim_state(observation.ee_pos, observation.ee_rot6d, [observation.gripper_width])
+    return images, state[None]
 
 
 class LearnedPolicy:
-    def __init__(
-        self,
-        model: DiffusionPolicy,
-        method: str,
-        sampler: Sampler,
-        onedp: OneDPConfig | None = None,
-        seed: int = 0,
-        name: str = "learned",
-    ) -> None:
-        one_step = method != "diffusion"
-        if one_step != (sampler.name == "onestep"):
-            raise ConfigError(
-                f"--sampler: '{sampler.name}' does not apply to a {method} checkpoint "
-                f"(use {DEFAULT_SAMPLER[method]})"
-            )
-        self.model = model.eval()
-        self.method = method
-        self.sampler = sampler
-        self.onedp = onedp
+    def __init__(self, engine: Engine, seed: int = 0, name: str = "learned") -> None:
+        self.engine = engine
+        spec = engine.spec
+        self.sampler = Sampler.parse(spec.sampler)
+        self.backend = engine.backend
         self.seed = seed
         self.name = name
-        self.obs_horizon = model.config.obs_horizon
-        self.action_steps = model.config.action_steps
-        self._cache: dict[float, torch.Tensor] = {}
+        self.obs_horizon = spec.obs_horizon
+        self.action_steps = spec.action_steps
+        self._cache: dict[float, np.ndarray] = {}
         self._generator = torch.Generator().manual_seed(seed)
 
     def reset(self) -> None:
         self._cache.clear()
         self._generator.manual_seed(self.seed)
 
-    @torch.no_grad()
-    def _frame_features(self, observation: Observation) -> torch.Tensor:
+    def _frame_features(self, observation: Observation) -> np.ndarray:
         stamp = observation.state_stamp
         if stamp not in self._cache:
-            cfg = self.model.config
-            images = {
-                camera: to_image_tensor(
-                    crop_frames(
-                        resize_frames(getattr(observation, f"{camera}_rgb")[None], cfg.resize),
-                        cfg.image_size,
-                        None,
-                    )
-                )
-                for camera in cfg.cameras
-            }
-            state = low_dim_state(
-                observation.ee_pos, observation.ee_rot6d, [observation.gripper_width]
-            )
-            low_dim = self.model.normalizer.normalize("low_dim", torch.from_numpy(state)[None])
             self._cache = {s: f for s, f in self._cache.items() if s > stamp - 1.0}
-            self._cache[stamp] = self.model.encoder.encode_frame(images, low_dim)
+            self._cache[stamp] = self.engine.encode_frame(
+                *preprocess_frame(observation, self.engine.spec)
+            )
         return self._cache[stamp]
 
-    @torch.no_grad()
-    def encode(self, history: Sequence[Observation]) -> torch.Tensor:
-        return torch.cat([self._frame_features(o) for o in history], dim=-1)
-
-    @torch.no_grad()
     def predict_chunk(self, history: Sequence[Observation]) -> np.ndarray:
-        cond = self.encode(history[-self.obs_horizon :])
-        if self.sampler.name == "onestep":
-            z = generator_noise(self.model, self.onedp, 1, self._generator)
-            chunk = generate(self.model, self.onedp, cond, z).clamp(-1, 1)
-        else:
-            chunk = self.model.sample(cond, self.sampler, self._generator)
-        actions = self.model.normalizer.unnormalize("action", chunk)[0]
-        return actions[self.obs_horizon - 1 :].numpy().astype(np.float64)
+        spec = self.engine.spec
+        features = np.concatenate(
+            [self._frame_features(o) for o in history[-self.obs_horizon :]], axis=-1
+        )
+        shape = spec.noise_shape()
+        noise = torch.randn(shape, generator=self._generator) if spec.stochastic else None
+        noise = np.zeros(shape, np.float32) if noise is None else noise.numpy()
+        chunk = self.engine.generate(features, noise, self._generator)[0]
+        return chunk[self.obs_horizon - 1 :].astype(np.float64)
 
 
-def load_policy(path: Path, sampler: str | None = None, seed: int = 0) -> LearnedPolicy:
-    payload, model = load_model(path, tuple(DEFAULT_SAMPLER))
-    method = payload["method"]
-    onedp = None
-    if method != "diffusion":
-        onedp = from_dict(OneDPConfig, payload["onedp"], f"{path}:onedp")
-    spec = Sampler.parse(sampler or DEFAULT_SAMPLER[method])
-    return LearnedPolicy(model, method, spec, onedp, seed, name=f"{path}:{spec.label}")
+def load_policy(
+    path: Path,
+    sampler: str | None = None,
+    seed: int = 0,
+    backend: str | None = None,
+    threads: int | None = None,
+) -> LearnedPolicy:
+    engine = load_engine(path, backend, sampler, threads=threads)
+    return LearnedPolicy(engine, seed, name=f"{path}:{engine.spec.sampler}")
