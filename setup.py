@@ -37,6 +37,8 @@ EXTRAS = {
         "ros-geometry-msgs==5.5.1",
         "ros-diagnostic-msgs==5.5.1",
         "ros-lifecycle-msgs==2.3.0",
+        "ros-trajectory-msgs==5.5.1",
+        "ros-std-srvs==5.5.1",
     ],
     # TensorRT's wheel fetches its libraries from NVIDIA's own index at install time.
     "gpu": ["tensorrt==11.4.0.106", "cuda-python==13.4.4"],
@@ -67,9 +69,19 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        (f"share/{PACKAGE}/models/pnp_milk", glob("models/pnp_milk/*")),
     ],
     install_requires=CORE,
     extras_require=EXTRAS,
     zip_safe=False,
-    entry_points={"console_scripts": ["onedp = onedp_control.cli:main"]},
+    entry_points={
+        "console_scripts": [
+            "onedp = onedp_control.cli:main",
+            # The ROS 2 executables (lib/onedp_control/<name>_node, what `ros2 run` starts).
+            *(
+                f"{node}_node = onedp_control.ros.{node}_node:main"
+                for node in ("camera", "policy", "robot", "sim", "watchdog")
+            ),
+        ]
+    },
 )

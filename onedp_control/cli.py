@@ -177,6 +177,122 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
     return 0
 
 
+SHIPPED_MODEL = "models/pnp_milk/onedp_s.pt"
+
+
+def _run_graph(args: argparse.Namespace, episodes: int | None) -> dict | None:
+    from onedp_control.resources import share_file
+    from onedp_control.ros.runner import GraphRunner
+    from onedp_control.runtime.graph import LaunchArguments
+
+    config = args.config or share_file(f"config/{args.task}.yaml")
+    engine = args.engine or ""
+    if engine and not Path(engine).is_file():
+        raise ConfigError(f"--engine: {engine}: no such file")
+    arguments = LaunchArguments(
+        config=str(config),
+        sim=args.sim,
+        engine=str(Path(engine).resolve()) if engine else "",
+        front_serial=args.front_serial,
+        wrist_serial=args.wrist_serial,
+        robot_host=args.robot_host,
+    )
+    overrides = {"sim": {"episodes": episodes or 1, "seed": args.seed}}
+    runner = GraphRunner(Path(config), arguments, overrides)
+    if not args.sim:
+        print("onedp run: the controller runs; Ctrl-C stops it (the robot holds, then stops)")
+    return (
+        runner.run(episodes or 0, args.timeout, args.log_dir)
+        if args.sim
+        else runner.serve(args.log_dir)
+    )
+
+
+def _print_run(report: dict) -> None:
+    latency = report["latency"]
+    rows = [
+        ("engine", report["engine"]),
+        ("episodes", report["episodes"]),
+        ("success rate", f"{100 * report['success_rate']:.0f}%"),
+        ("completion time (s)", report["completion_time_s"]),
+        (
+            "inference median / p99 (ms)",
+            f"{latency['inference_ms_median']} / {latency['inference_ms_p99']}",
+        ),
+        (
+            "camera to command median / p99 (ms)",
+            f"{latency['camera_to_command_ms_median']} / {latency['camera_to_command_ms_p99']}",
+        ),
+        ("command period median (ms)", latency["command_period_median_ms"]),
+        ("command period error p99 (ms)", latency["command_period_error_p99_ms"]),
+        ("missed 50 ms deadlines", latency["missed_deadlines"]),
+    ]
+    width = max(len(name) for name, _ in rows)
+    print("\n".join(f"{name:<{width}}  {value}" for name, value in rows))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from onedp_control.files import check_output_path, write_json_atomic
+
+    if args.json is not None:
+        check_output_path(args.json, overwrite=True, directory=False)
+    report = _run_graph(args, args.episodes)
+    if report is not None:
+        _print_run(report)
+        if args.json is not None:
+            write_json_atomic(args.json, report)
+            print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    args.sim = True
+    args.engine = args.engine or str(_shipped_model())
+    return cmd_run(args)
+
+
+def _shipped_model() -> Path:
+    from onedp_control.resources import share_file
+
+    path = share_file(SHIPPED_MODEL)
+    if not path.is_file():
+        raise ConfigError(f"{path}: the shipped model is missing (see models/README.md)")
+    return path
+
+
+def cmd_bench_loop(args: argparse.Namespace) -> int:
+    from onedp_control.bench_loop import loop_markdown
+    from onedp_control.files import check_output_path
+
+    for path in (args.json, args.md):
+        if path is not None:
+            check_output_path(path, overwrite=True, directory=False)
+    args.sim = True
+    args.engine = args.engine or str(_shipped_model())
+    report = _run_graph(args, args.episodes)
+    _write_report(report, loop_markdown(report), args.json, args.md)
+    return 0
+
+
+def _add_graph_options(parser: argparse.ArgumentParser, demo: bool = False) -> None:
+    parser.add_argument(
+        "--config", type=Path, help="runtime params file (default: config/<task>.yaml)"
+    )
+    parser.add_argument("--engine", help="model file (.pt, .onnx, .engine); default: the config's")
+    if not demo:
+        parser.add_argument(
+            "--sim", action="store_true", help="the MuJoCo cell instead of the robot and cameras"
+        )
+    parser.add_argument("--episodes", type=positive_int, default=1, help="sim episodes")
+    parser.add_argument("--seed", type=int, default=100_000, help="first sim episode's seed")
+    parser.add_argument("--json", type=Path, help="write success_rate and the latency figures")
+    parser.add_argument("--front-serial", default="", help="D415 serial (real cell)")
+    parser.add_argument("--wrist-serial", default="", help="D435 serial (real cell)")
+    parser.add_argument("--robot-host", default="", help="robot address (real cell)")
+    parser.add_argument("--log-dir", type=Path, help="write each node's output here")
+    parser.add_argument("--timeout", type=float, default=900.0, help="give up after this many s")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from onedp_control.evaluate import EVAL_SEED
     from onedp_control.rollout import CLOCKS
@@ -285,6 +401,28 @@ def build_parser() -> argparse.ArgumentParser:
     latency.add_argument("--quick", action="store_true", help="CPU model size only, fewer runs")
     latency.add_argument("--threads", type=positive_int, help="threads (default: all cores)")
     latency.set_defaults(func=cmd_bench_latency)
+    loop = bench_sub.add_parser(
+        "loop", help="command period and camera-to-command latency over a sim run"
+    )
+    _add_graph_options(loop, demo=True)
+    loop.add_argument("--md", type=Path)
+    loop.set_defaults(func=cmd_bench_loop, task="pnp_milk", episodes=10)
+
+    run = sub.add_parser(
+        "run",
+        help="the ROS 2 controller as processes (what the launch file starts)",
+        description="Start the node graph of a task (the same graph as "
+        "`ros2 launch onedp_control <task>.launch.py`) with the PyPI ROS 2 wheels.",
+    )
+    run.add_argument("task", choices=["pnp_milk"], help="task whose graph to run")
+    _add_graph_options(run)
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser(
+        "demo", help="the README's main job: `onedp run pnp_milk --sim` with the shipped model"
+    )
+    _add_graph_options(demo, demo=True)
+    demo.set_defaults(func=cmd_demo, task="pnp_milk")
 
     export = sub.add_parser(
         "export",

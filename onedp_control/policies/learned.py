@@ -51,7 +51,7 @@ class LearnedPolicy:
         self.name = name
         self.obs_horizon = spec.obs_horizon
         self.action_steps = spec.action_steps
-        self._cache: dict[float, np.ndarray] = {}
+        self._cache: dict[tuple[float, float, float], np.ndarray] = {}
         self._generator = torch.Generator().manual_seed(seed)
 
     def reset(self) -> None:
@@ -59,13 +59,15 @@ class LearnedPolicy:
         self._generator.manual_seed(self.seed)
 
     def _frame_features(self, observation: Observation) -> np.ndarray:
-        stamp = observation.state_stamp
-        if stamp not in self._cache:
-            self._cache = {s: f for s, f in self._cache.items() if s > stamp - 1.0}
-            self._cache[stamp] = self.engine.encode_frame(
+        # A frame is its cameras' and its state's stamps (they differ on a real robot).
+        key = (observation.front_stamp, observation.wrist_stamp, observation.state_stamp)
+        if key not in self._cache:
+            newest = max(key)
+            self._cache = {k: f for k, f in self._cache.items() if max(k) > newest - 1.0}
+            self._cache[key] = self.engine.encode_frame(
                 *preprocess_frame(observation, self.engine.spec)
             )
-        return self._cache[stamp]
+        return self._cache[key]
 
     def predict_chunk(self, history: Sequence[Observation]) -> np.ndarray:
         spec = self.engine.spec

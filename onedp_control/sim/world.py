@@ -264,6 +264,10 @@ class PnpMilkWorld:
         q = self._carton_qpos
         return self.data.qpos[q : q + 3].copy(), matrix_from_quat(self.data.qpos[q + 3 : q + 7])
 
+    def joint_positions(self) -> np.ndarray:
+        """(7,) arm joint angles, radians."""
+        return self.data.qpos[:7].copy()
+
     def gripper_width(self) -> float:
         return float(np.sum(self.data.qpos[self._finger_qpos]))
 

@@ -1,0 +1,91 @@
+"""Publishers and subscriptions the robot node and the sim node have in common: they are the
+same robot to the rest of the graph (measured pose, joint states, commands, chunks, hold)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from geometry_msgs.msg import PoseStamped
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from onedp_control.geometry import quat_from_matrix
+from onedp_control.robots.base import RobotState
+from onedp_control.ros.common import (
+    LATCHED_QOS,
+    RELIABLE_QOS,
+    SENSOR_QOS,
+    chunk_from_message,
+    to_stamp,
+)
+from onedp_control.runtime.command_loop import Command, CommandLoop
+from onedp_control.runtime.graph import (
+    ACTION_NAMES,
+    CHUNK_TOPIC,
+    COMMAND_TOPIC,
+    EE_POSE_TOPIC,
+    HOLD_TOPIC,
+    JOINT_STATES_TOPIC,
+)
+
+ARM_JOINTS = tuple(f"panda_joint{i}" for i in range(1, 8))
+FINGER_JOINTS = ("panda_finger_joint1", "panda_finger_joint2")
+
+
+class RobotInterfaces:
+    """Wires a CommandLoop to the graph's topics on `node`."""
+
+    def __init__(self, node: Node, loop: CommandLoop) -> None:
+        self.node = node
+        self.loop = loop
+        self.pose = node.create_publisher(PoseStamped, EE_POSE_TOPIC, SENSOR_QOS)
+        self.joints = node.create_publisher(JointState, JOINT_STATES_TOPIC, SENSOR_QOS)
+        self.commands = node.create_publisher(JointTrajectory, COMMAND_TOPIC, RELIABLE_QOS)
+        node.create_subscription(JointTrajectory, CHUNK_TOPIC, self._on_chunk, RELIABLE_QOS)
+        node.create_subscription(Bool, HOLD_TOPIC, self._on_hold, LATCHED_QOS)
+        self.refused_chunks = 0
+
+    def _on_chunk(self, message: JointTrajectory) -> None:
+        try:
+            chunk = chunk_from_message(message)
+        except ValueError as error:
+            self.refused_chunks += 1
+            self.node.get_logger().error(f"chunk refused: {error}")
+            return
+        self.loop.scheduler.offer(chunk)
+
+    def _on_hold(self, message: Bool) -> None:
+        self.loop.on_watchdog(bool(message.data), time.time())
+
+    def publish_state(self, state: RobotState) -> None:
+        stamp = to_stamp(state.stamp)
+        pose = PoseStamped()
+        pose.header.stamp, pose.header.frame_id = stamp, "base"
+        p = pose.pose.position
+        p.x, p.y, p.z = (float(v) for v in state.ee_pos)
+        w, x, y, z = quat_from_matrix(state.ee_rot)
+        o = pose.pose.orientation
+        o.w, o.x, o.y, o.z = float(w), float(x), float(y), float(z)
+        self.pose.publish(pose)
+        joints = JointState()
+        joints.header.stamp = stamp
+        joints.name = [*ARM_JOINTS, *FINGER_JOINTS]
+        half = state.gripper_width / 2
+        joints.position = [float(q) for q in state.joint_positions] + [half, half]
+        self.joints.publish(joints)
+
+    def publish_command(self, command: Command) -> None:
+        """Every tick: one point while streaming, none while holding (the reason goes to
+        /diagnostics). The watchdog times the command stream by these."""
+        message = JointTrajectory()
+        message.header.stamp = to_stamp(command.stamp)
+        message.header.frame_id = "base"
+        message.joint_names = list(ACTION_NAMES)
+        if command.action is not None:
+            message.points.append(
+                JointTrajectoryPoint(positions=[float(v) for v in np.asarray(command.action)])
+            )
+        self.commands.publish(message)

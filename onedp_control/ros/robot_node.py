@@ -1,0 +1,140 @@
+"""Robot node (franky): streams end-effector targets from the current chunk at the control rate.
+
+A lifecycle node: configure connects to the robot (an unreachable host fails the transition
+with one line naming it, and nothing moves), activate starts the deadline-paced command loop,
+deactivate holds and stops it, cleanup disconnects. Each tick reads the measured state
+(published as the end-effector pose and joint states), then commands the chunk's target for now
+or holds (runtime/command_loop.py says when). A robot error makes it hold until
+`/robot/recover` (std_srvs/Trigger) clears it.
+"""
+
+from __future__ import annotations
+
+import time
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from std_srvs.srv import Trigger
+
+from onedp_control.robots.base import Robot, RobotError
+from onedp_control.ros.common import RELIABLE_QOS, declare_params, spin_node, to_stamp
+from onedp_control.ros.nodes_shared import RobotInterfaces
+from onedp_control.runtime.chunks import ChunkScheduler
+from onedp_control.runtime.command_loop import CommandLoop
+from onedp_control.runtime.config import RobotParams
+from onedp_control.runtime.graph import DIAGNOSTICS_TOPIC, RECOVER_SERVICE
+from onedp_control.runtime.rate_loop import DeadlineLoop
+
+
+def make_robot(params: RobotParams) -> Robot:
+    from onedp_control.robots.franky_robot import FrankyRobot
+
+    return FrankyRobot(params.robot_host, dynamics_factor=params.dynamics_factor)
+
+
+class RobotNode(LifecycleNode):
+    def __init__(self) -> None:
+        super().__init__("robot")
+        self.params, shared = declare_params(self, RobotParams)
+        self.period = shared.control_period_s
+        self.robot: Robot | None = None
+        self.rate_loop: DeadlineLoop | None = None
+        self.diagnostics = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, RELIABLE_QOS)
+        self.create_service(Trigger, RECOVER_SERVICE, self._on_recover)
+        self._last_reason = None
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        robot = make_robot(self.params)
+        try:
+            robot.connect()
+        except RobotError as error:
+            self.get_logger().error(str(error))
+            return TransitionCallbackReturn.FAILURE
+        self.robot = robot
+        self.loop = CommandLoop(robot, ChunkScheduler(), self.params.watchdog_timeout_ms / 1e3)
+        self.interfaces = RobotInterfaces(self, self.loop)
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.rate_loop = DeadlineLoop(
+            self.period, self._tick, name="robot", clock=time.time, on_error=self._on_loop_error
+        )
+        self.rate_loop.start()
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.close()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _tick(self, now: float) -> None:
+        try:
+            state = self.robot.get_state()
+        except RobotError as error:
+            self.loop.on_robot_error(str(error))
+        else:
+            if state.error:
+                self.loop.on_robot_error(state.error)
+            self.interfaces.publish_state(state)
+        command = self.loop.tick(now)
+        self.interfaces.publish_command(command)
+        if command.reason != self._last_reason:
+            self._report(command.reason, now)
+            self._last_reason = command.reason
+
+    def _on_loop_error(self, error: Exception) -> None:
+        """The command stream is dead: hold, and say why (the watchdog sees it stop too)."""
+        self.get_logger().fatal(f"command loop stopped: {type(error).__name__}: {error}")
+        try:
+            self.robot.hold()
+        except RobotError as hold_error:
+            self.get_logger().fatal(f"hold failed: {hold_error}")
+
+    def _report(self, reason: str, now: float) -> None:
+        item = DiagnosticStatus(name="onedp robot", hardware_id=self.params.robot_host)
+        item.level = DiagnosticStatus.WARN if reason else DiagnosticStatus.OK
+        item.message = f"holding: {reason}" if reason else "streaming"
+        item.values = [KeyValue(key="refused_chunks", value=str(self.interfaces.refused_chunks))]
+        array = DiagnosticArray(status=[item])
+        array.header.stamp = to_stamp(now)
+        self.diagnostics.publish(array)
+
+    def _on_recover(self, request: Trigger.Request, response: Trigger.Response):
+        if self.robot is None:
+            response.success, response.message = False, "not configured"
+            return response
+        try:
+            self.robot.recover()
+        except RobotError as error:
+            response.success, response.message = False, str(error)
+            return response
+        self.loop.on_robot_error(None)
+        response.success, response.message = True, "recovered"
+        return response
+
+    def _stop(self) -> None:
+        if self.rate_loop is not None:
+            self.rate_loop.stop(timeout=2.0)
+            self.rate_loop = None
+        if self.robot is not None:
+            try:
+                self.robot.hold()
+            except RobotError as error:
+                self.get_logger().error(f"hold on stop: {error}")
+
+    def close(self) -> None:
+        self._stop()
+        if self.robot is not None:
+            self.robot.disconnect()
+            self.robot = None
+
+
+def main() -> int:
+    return spin_node(RobotNode)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,76 @@
+"""The node graph, defined once: names, executables, parameters, remappings and topics.
+
+`launch/pnp_milk.launch.py` (ROS 2 launch) and `onedp run` (the runner for machines with only
+the PyPI wheels) both build their processes from `pnp_milk_graph`, so they cannot drift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+PACKAGE = "onedp_control"
+CAMERAS = ("front", "wrist")
+
+# Topics (realsense-ros style names for the cameras).
+IMAGE_TOPIC = "/camera/{camera}/color/image_raw"
+CAMERA_INFO_TOPIC = "/camera/{camera}/color/camera_info"
+EE_POSE_TOPIC = "/robot/ee_pose"  # geometry_msgs/PoseStamped, measured
+JOINT_STATES_TOPIC = "/robot/joint_states"  # sensor_msgs/JointState, arm + fingers
+COMMAND_TOPIC = "/robot/command"  # trajectory_msgs/JointTrajectory, one point per command
+CHUNK_TOPIC = "/policy/action_chunk"  # trajectory_msgs/JointTrajectory, per-step times
+POLICY_TIMING_TOPIC = "/policy/timing"  # diagnostic_msgs/DiagnosticStatus
+HOLD_TOPIC = "/watchdog/hold"  # std_msgs/Bool, at the watchdog's rate
+EPISODE_TOPIC = "/sim/episode"  # std_msgs/String (JSON), one per finished episode
+DIAGNOSTICS_TOPIC = "/diagnostics"
+RECOVER_SERVICE = "/robot/recover"  # std_srvs/Trigger
+RESUME_SERVICE = "/watchdog/resume"  # std_srvs/Trigger
+
+# The action layout on the wire (JointTrajectory joint names).
+ACTION_NAMES = (
+    "ee_x",
+    "ee_y",
+    "ee_z",
+    *(f"ee_rot6d_{i}" for i in range(6)),
+    "gripper_width",
+)
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    executable: str  # console script in lib/onedp_control (what `ros2 run` starts)
+    module: str  # the same program as `python -m module` (what `onedp run` starts)
+    lifecycle: bool  # a managed node: configure + activate before it works
+    parameters: dict = field(default_factory=dict)  # overrides on top of the config file
+
+
+@dataclass(frozen=True)
+class LaunchArguments:
+    config: str  # the task's params file
+    sim: bool = False
+    engine: str = ""  # empty: the config file's policy.engine
+    front_serial: str = ""
+    wrist_serial: str = ""
+    robot_host: str = ""
+
+
+def node_spec(name: str, lifecycle: bool, parameters: dict) -> NodeSpec:
+    return NodeSpec(
+        name=name,
+        executable=f"{name}_node",
+        module=f"onedp_control.ros.{name}_node",
+        lifecycle=lifecycle,
+        parameters={key: value for key, value in parameters.items() if value != ""},
+    )
+
+
+def pnp_milk_graph(args: LaunchArguments) -> list[NodeSpec]:
+    """Policy and watchdog, plus either the MuJoCo cell (sim) or the cameras and the robot."""
+    nodes = [node_spec("policy", False, {"engine": args.engine}), node_spec("watchdog", False, {})]
+    if args.sim:
+        nodes.append(node_spec("sim", True, {}))
+    else:
+        cameras = {"front_serial": args.front_serial, "wrist_serial": args.wrist_serial}
+        nodes.append(node_spec("camera", True, cameras))
+        nodes.append(node_spec("robot", True, {"robot_host": args.robot_host}))
+    return nodes
