@@ -21,6 +21,7 @@ from onedp_control.runtime.graph import LaunchArguments, pnp_milk_graph
 from onedp_control.runtime.observations import ObservationAssembler, RobotSample
 from onedp_control.runtime.rate_loop import DeadlineLoop
 from onedp_control.runtime.ring_buffer import StampedRing
+from onedp_control.runtime.safety import SafetyFilter, SafetyLimits
 from onedp_control.runtime.watchdog import METRICS, LatencyLimits, Watchdog
 from onedp_control.sim.world import PnpMilkWorld
 
@@ -144,29 +145,39 @@ def sim_robot():
 
 
 def test_command_loop_holds_until_the_watchdog_allows_and_a_chunk_exists(sim_robot):
-    loop = CommandLoop(sim_robot, ChunkScheduler(), watchdog_timeout_s=0.2)
-    assert loop.tick(0.0).reason == "watchdog silent"
+    loop = CommandLoop(
+        sim_robot, ChunkScheduler(), SafetyFilter(SafetyLimits(), 0.05), watchdog_timeout_s=0.2
+    )
+    state = sim_robot.get_state()
+    assert loop.tick(0.0, state).reason == "watchdog silent"
     loop.on_watchdog(True, 0.0)
-    assert loop.tick(0.01).reason == "watchdog hold"
+    assert loop.tick(0.01, state).reason == "watchdog hold"
     loop.on_watchdog(False, 0.02)
-    assert loop.tick(0.03).reason == "no chunk to execute"
-    start = sim_robot.get_state()
-    loop.scheduler.offer(ActionChunk(0.03, 0.05, np.stack([action(0.35)] * 15)))
-    command = loop.tick(0.04)
-    assert command.streaming and command.action[0] == pytest.approx(0.35)
-    assert sim_robot._target[0] == pytest.approx(0.35)
-    assert loop.tick(0.3).reason == "watchdog silent"  # 280 ms without a watchdog message
+    assert loop.tick(0.03, None).reason == "no robot state"
+    assert loop.tick(0.03, state).reason == "no chunk to execute"
+    far = np.stack([action(0.45)] * 15)
+    loop.scheduler.offer(ActionChunk(0.03, 0.05, far))
+    command = loop.tick(0.04, state)
+    # Streaming, but the first step from the measured pose is limited to 0.6 m/s x 50 ms.
+    assert command.streaming and "translation jump" in command.clamped
+    assert np.linalg.norm(command.action[:3] - state.ee_pos) == pytest.approx(0.03)
+    np.testing.assert_allclose(sim_robot._target, command.action)
+    assert loop.tick(0.3, state).reason == "watchdog silent"  # 280 ms without a message
     # Holding keeps the arm where it is now, and forgets the chunk.
-    np.testing.assert_allclose(sim_robot._target[:3], start.ee_pos, atol=1e-6)
+    np.testing.assert_allclose(sim_robot._target[:3], state.ee_pos, atol=1e-6)
     assert loop.scheduler.chunk is None
     loop.on_watchdog(False, 0.31)
-    assert loop.tick(0.32).reason == "no chunk to execute"
-    assert not loop.scheduler.offer(ActionChunk(0.25, 0.05, np.stack([action(0.35)] * 15)))
+    assert loop.tick(0.32, state).reason == "no chunk to execute"
+    assert not loop.scheduler.offer(ActionChunk(0.25, 0.05, far))  # from before the hold
     loop.on_robot_error("reflex")
-    loop.scheduler.offer(ActionChunk(0.33, 0.05, np.stack([action(0.35)] * 15)))
-    assert loop.tick(0.34).reason == "robot error: reflex"
+    loop.scheduler.offer(ActionChunk(0.33, 0.05, far))
+    assert loop.tick(0.34, state).reason == "robot error: reflex"
     loop.on_robot_error(None)
-    assert loop.tick(0.35).streaming
+    assert loop.tick(0.35, state).streaming
+    nan_chunk = far.copy()
+    nan_chunk[:, 0] = np.nan
+    loop.scheduler.offer(ActionChunk(0.36, 0.05, nan_chunk))
+    assert loop.tick(0.37, state).reason == "unsafe target: non-finite target"
 
 
 # ---------------------------------------------------------------------------- watchdog

@@ -48,6 +48,8 @@ def _read(node: Node, cls: type):
     for item in dataclasses.fields(cls):
         node.declare_parameter(item.name, item.default)
         value = node.get_parameter(item.name).value
+        if hasattr(value, "tolist"):  # array parameters come back as array.array
+            value = value.tolist()
         # A YAML "1" for a float parameter arrives as an int.
         values[item.name] = (
             float(value) if hints[item.name] is float and type(value) is int else value

@@ -24,6 +24,7 @@ from onedp_control.runtime.command_loop import CommandLoop
 from onedp_control.runtime.config import RobotParams
 from onedp_control.runtime.graph import DIAGNOSTICS_TOPIC, RECOVER_SERVICE
 from onedp_control.runtime.rate_loop import DeadlineLoop
+from onedp_control.runtime.safety import SafetyFilter
 
 
 def make_robot(params: RobotParams) -> Robot:
@@ -35,8 +36,8 @@ def make_robot(params: RobotParams) -> Robot:
 class RobotNode(LifecycleNode):
     def __init__(self) -> None:
         super().__init__("robot")
-        self.params, shared = declare_params(self, RobotParams)
-        self.period = shared.control_period_s
+        self.params, self.shared = declare_params(self, RobotParams)
+        self.period = self.shared.control_period_s
         self.robot: Robot | None = None
         self.rate_loop: DeadlineLoop | None = None
         self.diagnostics = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, RELIABLE_QOS)
@@ -51,7 +52,12 @@ class RobotNode(LifecycleNode):
             self.get_logger().error(str(error))
             return TransitionCallbackReturn.FAILURE
         self.robot = robot
-        self.loop = CommandLoop(robot, ChunkScheduler(), self.params.watchdog_timeout_ms / 1e3)
+        self.loop = CommandLoop(
+            robot,
+            ChunkScheduler(),
+            SafetyFilter(self.shared.safety_limits(), self.period),
+            self.params.watchdog_timeout_ms / 1e3,
+        )
         self.interfaces = RobotInterfaces(self, self.loop)
         return TransitionCallbackReturn.SUCCESS
 
@@ -71,6 +77,7 @@ class RobotNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _tick(self, now: float) -> None:
+        state = None
         try:
             state = self.robot.get_state()
         except RobotError as error:
@@ -79,7 +86,7 @@ class RobotNode(LifecycleNode):
             if state.error:
                 self.loop.on_robot_error(state.error)
             self.interfaces.publish_state(state)
-        command = self.loop.tick(now)
+        command = self.loop.tick(now, state)
         self.interfaces.publish_command(command)
         if command.reason != self._last_reason:
             self._report(command.reason, now)

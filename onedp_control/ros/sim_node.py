@@ -34,6 +34,7 @@ from onedp_control.runtime.command_loop import CommandLoop
 from onedp_control.runtime.config import RobotParams, SimParams
 from onedp_control.runtime.graph import CAMERA_INFO_TOPIC, CAMERAS, EPISODE_TOPIC, IMAGE_TOPIC
 from onedp_control.runtime.rate_loop import DeadlineLoop
+from onedp_control.runtime.safety import SafetyFilter
 from onedp_control.sim.tasks import TASKS
 from onedp_control.sim.world import PnpMilkWorld
 
@@ -57,8 +58,8 @@ def camera_info(world: PnpMilkWorld, camera: str, stamp: float) -> CameraInfo:
 class SimNode(LifecycleNode):
     def __init__(self) -> None:
         super().__init__("sim")
-        self.params, shared = declare_params(self, SimParams)
-        self.period = shared.control_period_s
+        self.params, self.shared = declare_params(self, SimParams)
+        self.period = self.shared.control_period_s
         self.declare_parameter("watchdog_timeout_ms", RobotParams.watchdog_timeout_ms)
         self.watchdog_timeout_s = self.get_parameter("watchdog_timeout_ms").value / 1e3
         self.world: PnpMilkWorld | None = None
@@ -94,7 +95,12 @@ class SimNode(LifecycleNode):
         it, and every render happens in this one."""
         self.world = PnpMilkWorld(self.params.task, render=self.params.publish_cameras)
         self.robot = SimRobot(self.world)
-        self.loop = CommandLoop(self.robot, self.scheduler, self.watchdog_timeout_s)
+        self.loop = CommandLoop(
+            self.robot,
+            self.scheduler,
+            SafetyFilter(self.shared.safety_limits(), self.period),
+            self.watchdog_timeout_s,
+        )
         self.interfaces = RobotInterfaces(self, self.loop)
         self._start_episode(time.time())
 
@@ -134,7 +140,7 @@ class SimNode(LifecycleNode):
         if self.world is None:
             self._open_world()
             return
-        command = self.loop.tick(now)
+        command = self.loop.tick(now, self.robot.get_state())
         self.streamed_steps += command.streaming
         self.interfaces.publish_command(command)
         self.robot.advance()

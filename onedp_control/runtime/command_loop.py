@@ -7,7 +7,12 @@ holds, and says why:
 - the robot reported an error (until it is recovered);
 - the watchdog asks for a hold, or has been silent for `watchdog_timeout_s` (a dead watchdog
   is a fault, not a permission);
-- there is no chunk left to execute (none yet, or the last one ran out).
+- there is no robot state to check the target against;
+- there is no chunk left to execute (none yet, or the last one ran out);
+- the safety filter rejects the target (NaN, a degenerate rotation).
+
+Every target passes the safety filter (runtime/safety.py) before it reaches the robot; the first
+one after a hold is limited relative to the measured pose.
 
 Holding starts with one `robot.hold()` and clears the chunk: a chunk computed before the hold
 is never resumed, only one computed from an observation taken after the hold began.
@@ -21,22 +26,31 @@ from dataclasses import dataclass
 import numpy as np
 
 from onedp_control.geometry import matrix_from_rot6d
-from onedp_control.robots.base import Robot, RobotError
+from onedp_control.robots.base import Robot, RobotError, RobotState
 from onedp_control.runtime.chunks import ChunkScheduler
+from onedp_control.runtime.safety import SafetyFilter
 
 
 @dataclass(frozen=True)
 class Command:
     stamp: float
     streaming: bool  # False: holding
-    action: np.ndarray | None  # the 10-D target sent while streaming
+    action: np.ndarray | None  # the 10-D target sent (after the safety filter) while streaming
     reason: str  # why it holds ("" while streaming)
+    clamped: tuple[str, ...] = ()  # what the safety filter changed in this target
 
 
 class CommandLoop:
-    def __init__(self, robot: Robot, scheduler: ChunkScheduler, watchdog_timeout_s: float) -> None:
+    def __init__(
+        self,
+        robot: Robot,
+        scheduler: ChunkScheduler,
+        safety: SafetyFilter,
+        watchdog_timeout_s: float,
+    ) -> None:
         self.robot = robot
         self.scheduler = scheduler
+        self.safety = safety
         self.watchdog_timeout_s = watchdog_timeout_s
         self._lock = threading.Lock()
         self._hold_requested = True
@@ -64,11 +78,22 @@ class CommandLoop:
                 return "watchdog hold"
         return ""
 
-    def tick(self, now: float) -> Command:
+    def tick(self, now: float, state: RobotState | None) -> Command:
+        """`state`: the robot's state read this tick (None when it could not be read)."""
         reason = self._hold_reason(now)
+        if not reason and state is None:
+            reason = "no robot state"
         action = None if reason else self.scheduler.target_at(now)
         if not reason and action is None:
             reason = "no chunk to execute"
+        clamped: tuple[str, ...] = ()
+        if not reason:
+            if not self._streaming:
+                self.safety.reset(state.ee_pos, state.ee_rot)
+            filtered = self.safety.filter(action)
+            action, clamped = filtered.action, filtered.reasons
+            if action is None:
+                reason = f"unsafe target: {clamped[0]}"
         if not reason:
             try:
                 self.robot.send_target(action[:3], matrix_from_rot6d(action[3:9]), float(action[9]))
@@ -79,7 +104,7 @@ class CommandLoop:
             command = self._hold(now, reason)
         else:
             self._streaming = True
-            command = Command(now, True, action, "")
+            command = Command(now, True, action, "", clamped)
         self.last_command = command
         return command
 

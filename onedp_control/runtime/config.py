@@ -16,12 +16,21 @@ import yaml
 
 from onedp_control.config import from_dict
 from onedp_control.errors import ConfigError
+from onedp_control.runtime.safety import SafetyLimits
 from onedp_control.runtime.watchdog import LatencyLimits
 
 
 @dataclass(frozen=True)
-class SharedParams:
+class SharedParams(SafetyLimits):
+    """What every node shares (`/**`): the control period, and the safety limits the robot
+    and sim nodes enforce (runtime/safety.py)."""
+
     control_period_s: float = 0.05
+
+    def safety_limits(self) -> SafetyLimits:
+        return SafetyLimits(
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(SafetyLimits)}
+        )
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,7 @@ class RuntimeConfig:
     def validate(self, where: str) -> None:
         if not 0.001 <= self.shared.control_period_s <= 1.0:
             raise ConfigError(f"{where}: control_period_s must be in [0.001, 1] s")
+        self.shared.safety_limits().validate(where)
         self.watchdog.validate(f"{where}: watchdog")
         if not 1 <= self.watchdog.rate_hz <= 1000:
             raise ConfigError(f"{where}: watchdog.rate_hz must be in [1, 1000]")

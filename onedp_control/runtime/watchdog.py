@@ -37,7 +37,7 @@ RECOVERY_MODES = ("auto", "command")
 class LatencyLimits:
     observation_age_ms: float = 150.0
     inference_ms: float = 100.0
-    chunk_age_ms: float = 600.0
+    chunk_age_ms: float = 700.0
     command_period_ms: float = 100.0
     robot_state_age_ms: float = 150.0
     recover_after_s: float = 1.0
