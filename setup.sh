@@ -5,17 +5,16 @@
 #   ./setup.sh                 # PyPI-only machine: ROS 2 Kilted core from PyPI wheels
 #   ./setup.sh --apt-ros       # ROS 2 from apt already sourced: reuse it, skip the ROS wheels
 #   ./setup.sh --gpu           # add TensorRT (needs NVIDIA's index and a GPU)
-#   ./setup.sh --franky-sim    # add franky-sim, the libfranka-protocol MuJoCo server
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
-extras="dev"
+# franky-sim (a MuJoCo server speaking the libfranka protocol) tests the franky driver.
+extras="dev,franky-sim"
 use_ros_wheels=1
 for arg in "$@"; do
   case "$arg" in
     --apt-ros) use_ros_wheels=0 ;;
     --gpu) extras="$extras,gpu" ;;
-    --franky-sim) extras="$extras,franky-sim" ;;
     -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option '$arg' (see ./setup.sh --help)" >&2; exit 2 ;;
   esac

@@ -30,7 +30,11 @@ from onedp_control.runtime.safety import SafetyFilter
 def make_robot(params: RobotParams) -> Robot:
     from onedp_control.robots.franky_robot import FrankyRobot
 
-    return FrankyRobot(params.robot_host, dynamics_factor=params.dynamics_factor)
+    return FrankyRobot(
+        params.robot_host,
+        dynamics_factor=params.dynamics_factor,
+        enforce_realtime=params.enforce_realtime,
+    )
 
 
 class RobotNode(LifecycleNode):

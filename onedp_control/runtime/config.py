@@ -60,6 +60,8 @@ class PolicyParams:
 class RobotParams:
     robot_host: str = "172.16.0.2"
     dynamics_factor: float = 0.1
+    # franky refuses a kernel without realtime scheduling; false only for franky-sim.
+    enforce_realtime: bool = True
     # Without a watchdog message for this long, the robot holds: a dead watchdog is a fault.
     watchdog_timeout_ms: float = 200.0
 
