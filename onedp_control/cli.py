@@ -187,8 +187,10 @@ def _run_graph(args: argparse.Namespace, episodes: int | None) -> dict | None:
 
     config = args.config or share_file(f"config/{args.task}.yaml")
     engine = args.engine or ""
-    if engine and not Path(engine).is_file():
-        raise ConfigError(f"--engine: {engine}: no such file")
+    if engine:
+        from onedp_control.engines import load_engine
+
+        load_engine(Path(engine)).close()  # a missing, truncated or foreign file: fail here
     arguments = LaunchArguments(
         config=str(config),
         sim=args.sim,
@@ -272,6 +274,26 @@ def cmd_bench_loop(args: argparse.Namespace) -> int:
     report = _run_graph(args, args.episodes)
     _write_report(report, loop_markdown(report), args.json, args.md)
     return 0
+
+
+def cmd_faults(args: argparse.Namespace) -> int:
+    from onedp_control.faults import faults_table, run_faults
+    from onedp_control.files import check_output_path, write_json_atomic
+    from onedp_control.resources import share_file
+
+    if args.json is not None:
+        check_output_path(args.json, overwrite=True, directory=False)
+    engine = Path(args.engine) if args.engine else _shipped_model()
+    if not engine.is_file():
+        raise ConfigError(f"--engine: {engine}: no such file")
+    config = args.config or share_file("config/pnp_milk.yaml")
+    report = run_faults(engine.resolve(), Path(config), args.quick, args.log_dir, tuple(args.fault))
+    print(faults_table(report), end="")
+    if args.json is not None:
+        write_json_atomic(args.json, report)
+        print(f"wrote {args.json}")
+    unsafe = sum(r["unsafe_commands"] for r in report["faults"])
+    return 1 if unsafe or not all(r["held"] for r in report["faults"]) else 0
 
 
 def _add_graph_options(parser: argparse.ArgumentParser, demo: bool = False) -> None:
@@ -417,6 +439,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("task", choices=["pnp_milk"], help="task whose graph to run")
     _add_graph_options(run)
     run.set_defaults(func=cmd_run)
+
+    faults = sub.add_parser(
+        "faults",
+        help="fault-injection suite: the running controller under faults (sim-in-the-loop)",
+        description="Inject each fault into the running node graph and report detection time, "
+        "hold, unsafe commands (must be 0) and recovery. Exit status 1 if any fault was not "
+        "held or let an unsafe command through.",
+    )
+    faults.add_argument("--json", type=Path, help="write {'faults': [...]}")
+    faults.add_argument("--quick", action="store_true", help="eight faults, about a minute")
+    faults.add_argument("--engine", help="model file (default: the shipped one-step model)")
+    faults.add_argument("--config", type=Path, help="runtime params file")
+    faults.add_argument("--fault", action="append", default=[], help="only this fault (repeat)")
+    faults.add_argument("--log-dir", type=Path, help="write each node's output here")
+    faults.set_defaults(func=cmd_faults)
 
     demo = sub.add_parser(
         "demo", help="the README's main job: `onedp run pnp_milk --sim` with the shipped model"

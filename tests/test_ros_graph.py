@@ -7,14 +7,12 @@ timing, not the skill (tests/test_shipped_model.py scores the shipped model)."""
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 rclpy = pytest.importorskip("rclpy", reason="needs the ROS 2 wheels (./setup.sh installs them)")
 
@@ -24,9 +22,6 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Bool  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
-from onedp_control.learning.checkpoint import model_payload, save_checkpoint  # noqa: E402
-from onedp_control.policies.diffusion import DiffusionPolicy, ModelConfig  # noqa: E402
-from onedp_control.policies.onedp import OneDPConfig  # noqa: E402
 from onedp_control.ros.common import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS, from_stamp  # noqa: E402
 from onedp_control.ros.runner import GraphRunner  # noqa: E402
 from onedp_control.runtime.graph import (  # noqa: E402
@@ -41,32 +36,6 @@ from onedp_control.runtime.graph import (  # noqa: E402
 
 pytestmark = pytest.mark.slow
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "pnp_milk.yaml"
-TINY = ModelConfig(
-    resize=(36, 48),
-    image_size=(32, 44),
-    vision_width=8,
-    keypoints=8,
-    feature_dim=16,
-    down_dims=(16, 32),
-    step_embed_dim=16,
-    groups=4,
-)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = DiffusionPolicy(TINY)
-    # Actions around the arm's home pose: random weights, but targets inside the cell.
-    model.normalizer.action_scale.fill_(20.0)
-    model.normalizer.action_offset.copy_(
-        -20.0 * torch.tensor([0.31, 0, 0.49, 1, 0, 0, 0, -1, 0, 0.08])
-    )
-    path = tmp_path_factory.mktemp("model") / "tiny_onedp_s.pt"
-    save_checkpoint(
-        path, model_payload("onedp-s", model, {"onedp": dataclasses.asdict(OneDPConfig())})
-    )
-    return path
 
 
 class Recorder:

@@ -22,12 +22,13 @@ from onedp_control.runtime.observations import ObservationAssembler, RobotSample
 from onedp_control.runtime.rate_loop import DeadlineLoop
 from onedp_control.runtime.ring_buffer import StampedRing
 from onedp_control.runtime.safety import SafetyFilter, SafetyLimits
-from onedp_control.runtime.watchdog import METRICS, LatencyLimits, Watchdog
+from onedp_control.runtime.watchdog import METRICS, Fault, LatencyLimits, Watchdog
 from onedp_control.sim.world import PnpMilkWorld
 
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "pnp_milk.yaml"
 HEALTHY = {
     "observation_age_ms": 30.0,
+    "camera_skew_ms": 5.0,
     "inference_ms": 20.0,
     "chunk_age_ms": 100.0,
     "command_period_ms": 50.0,
@@ -35,10 +36,10 @@ HEALTHY = {
 }
 
 
-def action(x: float, gripper: float = 0.08, yaw: float = 0.0) -> np.ndarray:
+def action(x: float, gripper: float = 0.08, yaw: float = 0.0, z: float = 0.3) -> np.ndarray:
     c, s = np.cos(yaw), np.sin(yaw)
     rotation = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ np.diag([1.0, -1.0, -1.0])
-    return np.concatenate([[x, 0.0, 0.3], rot6d_from_matrix(rotation), [gripper]])
+    return np.concatenate([[x, 0.0, z], rot6d_from_matrix(rotation), [gripper]])
 
 
 # ---------------------------------------------------------------------------- ring buffer
@@ -155,7 +156,7 @@ def test_command_loop_holds_until_the_watchdog_allows_and_a_chunk_exists(sim_rob
     loop.on_watchdog(False, 0.02)
     assert loop.tick(0.03, None).reason == "no robot state"
     assert loop.tick(0.03, state).reason == "no chunk to execute"
-    far = np.stack([action(0.45)] * 15)
+    far = np.stack([action(0.37, z=0.45)] * 15)  # 7 cm away: clamped, not rejected
     loop.scheduler.offer(ActionChunk(0.03, 0.05, far))
     command = loop.tick(0.04, state)
     # Streaming, but the first step from the measured pose is limited to 0.6 m/s x 50 ms.
@@ -203,6 +204,16 @@ def test_watchdog_in_command_mode_resumes_only_when_asked_while_healthy():
     assert watchdog.evaluate(HEALTHY, now=100.2).holding  # the breach cancelled the request
     watchdog.request_resume()
     assert not watchdog.evaluate(HEALTHY, now=100.3).holding
+
+
+def test_stamps_from_the_future_and_reported_faults_hold():
+    watchdog = Watchdog(LatencyLimits(recover_after_s=0.0))
+    assert not watchdog.evaluate(HEALTHY, now=0.0).holding
+    jumped = watchdog.evaluate({**HEALTHY, "observation_age_ms": -2000.0}, now=0.1)
+    assert jumped.holding and "from the future" in jumped.reason
+    assert not watchdog.evaluate(HEALTHY, now=0.2).holding
+    fault = watchdog.evaluate(HEALTHY, now=0.3, faults=(Fault("policy", "output NaN"),))
+    assert fault.holding and fault.reason == "policy: output NaN"
 
 
 @pytest.mark.parametrize("metric", METRICS)

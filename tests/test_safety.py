@@ -45,6 +45,9 @@ def test_any_target_sequence_stays_safe(sequence):
         out = safety.filter(np.asarray(values))
         if not np.all(np.isfinite(values)):
             assert out.action is None and out.reasons == ("non-finite target",)
+        outside = np.linalg.norm(np.asarray(values[:3]) - np.clip(values[:3], low, high))
+        if np.all(np.isfinite(values)) and outside > LIMITS.reject_outside_m:
+            assert out.action is None
         if out.action is None:
             continue
         position, rotation = out.action[:3], matrix_from_rot6d(out.action[3:9])
@@ -61,7 +64,9 @@ def test_any_target_sequence_stays_safe(sequence):
 def test_each_clamp_and_rejection_is_named_and_counted():
     safety = fresh()
     assert safety.filter(target(HOME)).reasons == ()
-    assert safety.filter(target([0.31, 0.0, 2.0])).reasons == ("workspace", "translation jump")
+    assert safety.filter(target([0.31, 0.0, 0.605])).reasons == ("workspace", "translation jump")
+    assert safety.filter(target([0.31, 0.0, 2.0])).reasons == ("far outside the workspace",)
+    assert safety.filter(target([0.31, 0.2, 0.52])).reasons == ("jump too large",)
     assert safety.filter(np.full(10, np.nan)).reasons == ("non-finite target",)
     assert safety.filter(target(HOME, np.zeros((3, 3)))).reasons == ("degenerate rotation",)
     tilted = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=float) @ DOWN  # 90 deg off
@@ -73,8 +78,8 @@ def test_each_clamp_and_rejection_is_named_and_counted():
 
 def test_a_jump_is_spread_over_steps_toward_the_target():
     safety = fresh()
-    goal = HOME + np.array([0.2, 0.0, 0.0])
-    positions = [safety.filter(target(goal)).action[:3] for _ in range(10)]
+    goal = HOME + np.array([0.1, 0.0, 0.0])
+    positions = [safety.filter(target(goal)).action[:3] for _ in range(5)]
     np.testing.assert_allclose(positions[0], HOME + np.array([0.03, 0.0, 0.0]))
     np.testing.assert_allclose(positions[-1], goal)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onedp_control.robots.base import Robot, RobotState
+from onedp_control.robots.base import Robot, RobotError, RobotState
 from onedp_control.sim.world import PnpMilkWorld, make_action
 
 
@@ -18,6 +18,10 @@ class SimRobot(Robot):
         self.world = world
         self._target: np.ndarray | None = None
         self.time_offset = 0.0  # wall-clock time of world time 0, set at each reset
+        # Fault emulation (`onedp faults`): a lost connection, or a robot error that stays until
+        # recover(), as a real arm's reflex does.
+        self.disconnected = False
+        self._error: str | None = None
 
     def connect(self) -> None:
         """The world is in-process: nothing to open."""
@@ -25,7 +29,21 @@ class SimRobot(Robot):
     def disconnect(self) -> None:
         self._target = None
 
+    def raise_error(self, error: str) -> None:
+        self._error = error
+
+    def set_connected(self, connected: bool) -> None:
+        """A real arm that loses its controller stops by itself (communication reflex)."""
+        if not connected and not self.disconnected:
+            self.hold()
+        self.disconnected = not connected
+
+    def _check_connected(self) -> None:
+        if self.disconnected:
+            raise RobotError("simulated robot: connection lost")
+
     def get_state(self) -> RobotState:
+        self._check_connected()
         position, rotation = self.world.tcp_pose()
         return RobotState(
             stamp=self.time_offset + self.world.time,
@@ -33,9 +51,13 @@ class SimRobot(Robot):
             ee_rot=rotation,
             gripper_width=self.world.gripper_width(),
             joint_positions=self.world.joint_positions(),
+            error=self._error,
         )
 
     def send_target(self, position: np.ndarray, rotation: np.ndarray, gripper_width: float):
+        self._check_connected()
+        if self._error is not None:
+            raise RobotError(f"simulated robot: {self._error}")
         self._target = make_action(position, rotation, gripper_width)
 
     def hold(self) -> None:
@@ -45,7 +67,8 @@ class SimRobot(Robot):
         self._target = make_action(position, rotation, self.world.last_action[9])
 
     def recover(self) -> None:
-        """The simulated arm has no error states."""
+        self._check_connected()
+        self._error = None
 
     def advance(self) -> None:
         if self._target is None:

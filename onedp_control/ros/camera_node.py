@@ -19,7 +19,14 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from onedp_control.cameras.realsense import CameraConfig, CameraError, CameraFrame, RealSenseCameras
 from onedp_control.cameras.software import SoftwareCameraRig
-from onedp_control.ros.common import SENSOR_QOS, declare_params, image_message, spin_node, to_stamp
+from onedp_control.ros.common import (
+    SENSOR_QOS,
+    FaultSwitches,
+    declare_params,
+    image_message,
+    spin_node,
+    to_stamp,
+)
 from onedp_control.runtime.config import CameraParams
 from onedp_control.runtime.graph import CAMERA_INFO_TOPIC, CAMERAS, IMAGE_TOPIC
 from onedp_control.runtime.rate_loop import DeadlineLoop
@@ -36,7 +43,8 @@ def test_pattern(camera: str, frame_number: int, height: int, width: int) -> np.
 class CameraNode(LifecycleNode):
     def __init__(self) -> None:
         super().__init__("camera")
-        self.params, _ = declare_params(self, CameraParams)
+        self.params, shared = declare_params(self, CameraParams)
+        self.faults = FaultSwitches(self, shared.fault_injection)
         self.cameras: RealSenseCameras | None = None
         self.rig: SoftwareCameraRig | None = None
         self.poll_loop: DeadlineLoop | None = None
@@ -117,11 +125,15 @@ class CameraNode(LifecycleNode):
             self._publish(frame)
 
     def _publish(self, frame: CameraFrame) -> None:
-        self.images[frame.camera].publish(
-            image_message(frame.rgb, frame.stamp, f"{frame.camera}_camera")
-        )
+        # Fault injection (`onedp faults`): a camera gone, a camera lagging, a clock jump.
+        if frame.camera == self.faults.get("drop"):
+            return
+        stamp = frame.stamp + float(self.faults.get("clock_jump_s", 0.0))
+        if frame.camera == "wrist":
+            stamp -= float(self.faults.get("wrist_lag_s", 0.0))
+        self.images[frame.camera].publish(image_message(frame.rgb, stamp, f"{frame.camera}_camera"))
         info = CameraInfo()
-        info.header.stamp = to_stamp(frame.stamp)
+        info.header.stamp = to_stamp(stamp)
         info.header.frame_id = f"{frame.camera}_camera"
         info.height, info.width = frame.rgb.shape[:2]
         self.infos[frame.camera].publish(info)

@@ -46,7 +46,10 @@ def _read(node: Node, cls: type):
     values = {}
     hints = typing.get_type_hints(cls)
     for item in dataclasses.fields(cls):
-        node.declare_parameter(item.name, item.default)
+        try:
+            node.declare_parameter(item.name, item.default)
+        except Exception as error:  # rclpy's parameter exceptions share no useful base
+            raise ConfigError(f"node {node.get_name()}: parameter {item.name}: {error}") from None
         value = node.get_parameter(item.name).value
         if hasattr(value, "tolist"):  # array parameters come back as array.array
             value = value.tolist()
@@ -62,6 +65,38 @@ def declare_params(node: Node, cls: type) -> tuple:
     dataclass defaults, reads them back and builds both dataclasses, validated; a bad value
     raises ConfigError naming the node and the parameter."""
     return _read(node, cls), _read(node, SharedParams)
+
+
+class FaultSwitches:
+    """The faults `onedp faults` has switched on in this node (empty unless the node was started
+    with fault_injection: true). Values are whatever the fault takes (a delay, an offset)."""
+
+    def __init__(self, node: Node, enabled: bool) -> None:
+        self.active: dict[str, object] = {}
+        self.generation = 0  # counts fault messages, so a node can act once per message
+        self._name = node.get_name()
+        if enabled:
+            from std_msgs.msg import String
+
+            from onedp_control.runtime.graph import FAULT_TOPIC
+
+            node.create_subscription(String, FAULT_TOPIC, self._on_message, RELIABLE_QOS)
+            node.get_logger().warning("fault injection enabled")
+
+    def _on_message(self, message) -> None:
+        import json
+
+        command = json.loads(message.data)
+        if command.get("target") != self._name:
+            return
+        if command.get("clear"):
+            self.active = {}
+        else:
+            self.active = {**self.active, command["fault"]: command.get("value", True)}
+        self.generation += 1
+
+    def get(self, fault: str, default=None):
+        return self.active.get(fault, default)
 
 
 def _split(seconds: float) -> tuple[int, int]:

@@ -29,6 +29,7 @@ from onedp_control.resources import resolve_model
 from onedp_control.ros.common import (
     RELIABLE_QOS,
     SENSOR_QOS,
+    FaultSwitches,
     chunk_message,
     declare_params,
     from_stamp,
@@ -61,6 +62,7 @@ class PolicyNode(Node):
         super().__init__("policy")
         self.params, shared = declare_params(self, PolicyParams)
         self.period = shared.control_period_s
+        self.faults = FaultSwitches(self, shared.fault_injection)
         self.policy = load_policy(
             resolve_model(self.params.engine),
             seed=self.params.seed,
@@ -127,9 +129,10 @@ class PolicyNode(Node):
                 continue
             started = time.time()
             try:
-                actions = self.policy.predict_chunk(history)
-            except EngineInputError as error:  # a bad observation: no chunk, the robot holds
+                actions = self._infer(history)
+            except EngineInputError as error:  # no chunk; the watchdog holds the robot
                 self.get_logger().error(f"inference refused: {error}")
+                self._publish_timing(history[-1].front_stamp, 0.0, 0.0, error=str(error))
                 continue
             inference_ms = (time.time() - started) * 1e3
             stamp = history[-1].front_stamp
@@ -137,8 +140,30 @@ class PolicyNode(Node):
             self.chunks.publish(chunk_message(ActionChunk(stamp, self.period, actions)))
             self._publish_timing(stamp, (started - stamp) * 1e3, inference_ms)
 
-    def _publish_timing(self, stamp: float, observation_age_ms: float, inference_ms: float):
+    def _infer(self, history) -> np.ndarray:
+        """The policy's chunk; with fault injection on, the faults `onedp faults` switched on:
+        a slow engine, an engine that returns NaN (caught by the engine's output check), or
+        targets moved by an offset (caught by the robot's safety filter)."""
+        faults = self.faults
+        if faults.get("nan_output"):
+            engine = self.policy.engine
+            original = engine._generate
+            engine._generate = lambda *args: np.full_like(original(*args), np.nan)
+            try:
+                return self.policy.predict_chunk(history)
+            finally:
+                engine._generate = original
+        actions = self.policy.predict_chunk(history)
+        time.sleep(float(faults.get("delay_s", 0.0)))
+        actions[:, :3] += np.asarray(faults.get("offset", [0.0, 0.0, 0.0]), dtype=np.float64)
+        return actions
+
+    def _publish_timing(
+        self, stamp: float, observation_age_ms: float, inference_ms: float, error: str = ""
+    ) -> None:
         status = DiagnosticStatus(name="policy", hardware_id=self.params.engine)
+        status.level = DiagnosticStatus.ERROR if error else DiagnosticStatus.OK
+        status.message = error or "ok"
         status.values = [
             KeyValue(key="observation_stamp", value=f"{stamp:.6f}"),
             KeyValue(key="observation_age_ms", value=f"{observation_age_ms:.3f}"),

@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import time
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from std_srvs.srv import Trigger
 
 from onedp_control.robots.base import Robot, RobotError
-from onedp_control.ros.common import RELIABLE_QOS, declare_params, spin_node, to_stamp
+from onedp_control.ros.common import declare_params, spin_node
 from onedp_control.ros.nodes_shared import RobotInterfaces
 from onedp_control.runtime.chunks import ChunkScheduler
 from onedp_control.runtime.command_loop import CommandLoop
 from onedp_control.runtime.config import RobotParams
-from onedp_control.runtime.graph import DIAGNOSTICS_TOPIC, RECOVER_SERVICE
 from onedp_control.runtime.rate_loop import DeadlineLoop
 from onedp_control.runtime.safety import SafetyFilter
 
@@ -44,9 +41,6 @@ class RobotNode(LifecycleNode):
         self.period = self.shared.control_period_s
         self.robot: Robot | None = None
         self.rate_loop: DeadlineLoop | None = None
-        self.diagnostics = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, RELIABLE_QOS)
-        self.create_service(Trigger, RECOVER_SERVICE, self._on_recover)
-        self._last_reason = None
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         robot = make_robot(self.params)
@@ -81,20 +75,10 @@ class RobotNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _tick(self, now: float) -> None:
-        state = None
-        try:
-            state = self.robot.get_state()
-        except RobotError as error:
-            self.loop.on_robot_error(str(error))
-        else:
-            if state.error:
-                self.loop.on_robot_error(state.error)
-            self.interfaces.publish_state(state)
+        state = self.interfaces.read_state()
         command = self.loop.tick(now, state)
         self.interfaces.publish_command(command)
-        if command.reason != self._last_reason:
-            self._report(command.reason, now)
-            self._last_reason = command.reason
+        self.interfaces.report(command, self.params.robot_host)
 
     def _on_loop_error(self, error: Exception) -> None:
         """The command stream is dead: hold, and say why (the watchdog sees it stop too)."""
@@ -103,28 +87,6 @@ class RobotNode(LifecycleNode):
             self.robot.hold()
         except RobotError as hold_error:
             self.get_logger().fatal(f"hold failed: {hold_error}")
-
-    def _report(self, reason: str, now: float) -> None:
-        item = DiagnosticStatus(name="onedp robot", hardware_id=self.params.robot_host)
-        item.level = DiagnosticStatus.WARN if reason else DiagnosticStatus.OK
-        item.message = f"holding: {reason}" if reason else "streaming"
-        item.values = [KeyValue(key="refused_chunks", value=str(self.interfaces.refused_chunks))]
-        array = DiagnosticArray(status=[item])
-        array.header.stamp = to_stamp(now)
-        self.diagnostics.publish(array)
-
-    def _on_recover(self, request: Trigger.Request, response: Trigger.Response):
-        if self.robot is None:
-            response.success, response.message = False, "not configured"
-            return response
-        try:
-            self.robot.recover()
-        except RobotError as error:
-            response.success, response.message = False, str(error)
-            return response
-        self.loop.on_robot_error(None)
-        response.success, response.message = True, "recovered"
-        return response
 
     def _stop(self) -> None:
         if self.rate_loop is not None:

@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -44,7 +45,8 @@ def node_command(spec: NodeSpec, config: Path, overrides: dict) -> list[str]:
     command += ["--params-file", str(config)]
     for key, value in {**spec.parameters, **overrides.get(spec.name, {})}.items():
         # Node-qualified: a plain `-p` is a `/**` value, which the file's node section beats.
-        command += ["-p", f"{spec.name}:{key}:={value}"]
+        # JSON is YAML, which ROS parses the value as: strings stay strings ('000111').
+        command += ["-p", f"{spec.name}:{key}:={json.dumps(value)}"]
     return command
 
 
@@ -105,23 +107,41 @@ class GraphRunner:
         self.engine = arguments.engine or self.config.policy.engine
         self.overrides = overrides
         self.processes: dict[str, subprocess.Popen] = {}
+        self.log_dir: Path | None = None
         self.record = RunRecord()
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ processes
     def start(self, log_dir: Path | None) -> None:
-        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
         for spec in self.nodes:
-            log = subprocess.DEVNULL
-            if log_dir is not None:
-                log_dir.mkdir(parents=True, exist_ok=True)
-                log = open(log_dir / f"{spec.name}.log", "w")  # noqa: SIM115 - lives with the process
-            self.processes[spec.name] = subprocess.Popen(
-                node_command(spec, self.config_path, self.overrides),
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+            self.spawn(spec.name, log_dir)
+
+    def spawn(self, name: str, log_dir: Path | None) -> None:
+        """(Re)starts one node's process (the fault suite restarts the ones it killed). Its
+        output goes to `<log_dir>/<name>.log` (a temporary directory by default), which errors
+        quote."""
+        spec = next(spec for spec in self.nodes if spec.name == name)
+        if log_dir is None:
+            log_dir = self.log_dir or Path(tempfile.mkdtemp(prefix="onedp-run-"))
+        self.log_dir = log_dir
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(log_dir / f"{name}.log", "a")  # noqa: SIM115 - lives with the process
+        self.processes[name] = subprocess.Popen(
+            node_command(spec, self.config_path, self.overrides),
+            env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def last_words(self, name: str, lines: int = 3) -> str:
+        """The end of a node's log, to say why it failed."""
+        path = None if self.log_dir is None else self.log_dir / f"{name}.log"
+        if path is None or not path.is_file():
+            return ""
+        tail = [
+            line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()
+        ]
+        return " | ".join(tail[-lines:])
 
     def dead(self) -> list[str]:
         return [name for name, p in self.processes.items() if p.poll() is not None]
@@ -185,7 +205,7 @@ class GraphRunner:
         deadline = time.time() + timeout
         while not client.wait_for_service(timeout_sec=0.2):
             if name in self.dead():
-                raise ConfigError(f"node '{name}' exited before it could be configured")
+                raise ConfigError(f"node '{name}' exited: {self.last_words(name)}")
             if time.time() > deadline:
                 raise ConfigError(f"node '{name}': no lifecycle service after {timeout:.0f} s")
         request = ChangeState.Request()
@@ -194,16 +214,21 @@ class GraphRunner:
         executor.spin_until_future_complete(future, timeout_sec=max(0.1, deadline - time.time()))
         if not future.done() or not future.result().success:
             raise ConfigError(
-                f"node '{name}': lifecycle transition {transition_id} failed (see its log)"
+                f"node '{name}': lifecycle transition {transition_id} failed: "
+                f"{self.last_words(name)}"
             )
         node.destroy_client(client)
 
-    def bring_up(self, node, executor, timeout_s: float = 120.0) -> None:
-        """Configure, then activate, every lifecycle node, in the graph's order."""
+    def bring_up(
+        self, node, executor, timeout_s: float = 120.0, names: tuple[str, ...] | None = None
+    ) -> None:
+        """Configure, then activate, every lifecycle node (or those `names`), in order."""
         from lifecycle_msgs.msg import Transition
 
         steps = (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE)
         for spec in self.nodes:
+            if names is not None and spec.name not in names:
+                continue
             for transition in steps if spec.lifecycle else ():
                 self.transition(node, executor, spec.name, transition, timeout_s)
 
@@ -234,7 +259,8 @@ class GraphRunner:
             while not done():
                 executor.spin_once(timeout_sec=0.1)
                 if self.dead():
-                    raise ConfigError(f"node(s) exited during the run: {', '.join(self.dead())}")
+                    name = self.dead()[0]
+                    raise ConfigError(f"node '{name}' exited: {self.last_words(name)}")
                 if timeout_s is not None and time.time() - started > timeout_s:
                     raise ConfigError(f"the run took longer than {timeout_s:.0f} s")
         finally:

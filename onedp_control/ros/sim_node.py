@@ -1,12 +1,13 @@
 """Sim node: the MuJoCo pnp-milk cell behind the camera and robot nodes' topics.
 
-A lifecycle node. Configure builds the world; activate starts a deadline-paced loop at the
-control rate that, each tick, takes the command for now (the same CommandLoop as the robot
-node: chunk target, or hold), steps the physics one control period, and publishes both cameras
-(Image + CameraInfo, sensor-data QoS), the measured pose and joint states, all stamped with the
-wall clock. The world therefore runs in real time, and the policy's latency costs what it
-would cost on the real cell. Finished episodes are reported as JSON on /sim/episode; after
-`episodes` of them the loop stops.
+A lifecycle node. Configure checks the task; activate starts a deadline-paced loop at the
+control rate which builds the world (in its own thread: MuJoCo's GL context belongs to it) and
+then, each tick: publishes both cameras (Image + CameraInfo, sensor-data QoS) and the measured
+pose and joint states of the world as it is now, stamped with the wall clock; takes the command
+for now (the same CommandLoop as the robot node: chunk target, or hold); and steps the physics
+one control period. World time keeps pace with the wall clock, so the policy's latency costs
+what it would cost on the real cell. Finished episodes are reported as JSON on /sim/episode;
+after `episodes` of them the loop stops.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from onedp_control.robots.sim_robot import SimRobot
 from onedp_control.ros.common import (
     RELIABLE_QOS,
     SENSOR_QOS,
+    FaultSwitches,
     declare_params,
     image_message,
     spin_node,
@@ -64,6 +66,8 @@ class SimNode(LifecycleNode):
         self.watchdog_timeout_s = self.get_parameter("watchdog_timeout_ms").value / 1e3
         self.world: PnpMilkWorld | None = None
         self.rate_loop: DeadlineLoop | None = None
+        self.faults = FaultSwitches(self, self.shared.fault_injection)
+        self._fault_generation = 0
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         if self.params.task not in TASKS:
@@ -108,16 +112,15 @@ class SimNode(LifecycleNode):
         self.robot.reset(self.params.seed + self.episode, now)
         self.loop.scheduler.clear(not_before=now)
         self.streamed_steps = 0
-        self._publish_observation()
 
-    def _publish_observation(self) -> None:
-        observation = self.world.observe()
-        stamp = self.robot.time_offset + observation.state_stamp
-        for camera in CAMERAS if self.params.publish_cameras else ():
-            rgb = getattr(observation, f"{camera}_rgb")
+    def _publish_images(self) -> None:
+        if not self.params.publish_cameras:
+            return
+        stamp = self.robot.time_offset + self.world.time
+        for camera in CAMERAS:
+            rgb = self.world.render(camera)
             self.images[camera].publish(image_message(rgb, stamp, f"{camera}_camera"))
             self.infos[camera].publish(camera_info(self.world, camera, stamp))
-        self.interfaces.publish_state(self.robot.get_state())
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.rate_loop = DeadlineLoop(
@@ -140,11 +143,15 @@ class SimNode(LifecycleNode):
         if self.world is None:
             self._open_world()
             return
-        command = self.loop.tick(now, self.robot.get_state())
+        # The world as it is now (world time keeps pace with this loop's wall-clock ticks), then
+        # the command for now, then the physics up to the next tick.
+        self._publish_images()
+        self._apply_faults()
+        command = self.loop.tick(now, self.interfaces.read_state())
         self.streamed_steps += command.streaming
         self.interfaces.publish_command(command)
+        self.interfaces.report(command, "sim")
         self.robot.advance()
-        self._publish_observation()
         world = self.world
         failure = world.failure()
         limit = self.params.time_limit_s or world.task.time_limit_s
@@ -154,6 +161,14 @@ class SimNode(LifecycleNode):
             self.episode += 1
             if self.episode < self.params.episodes:
                 self._start_episode(time.time())
+
+    def _apply_faults(self) -> None:
+        """In the loop's thread, which owns the world."""
+        self.robot.set_connected(not self.faults.get("disconnect", False))
+        if self.faults.generation != self._fault_generation:
+            self._fault_generation = self.faults.generation
+            if "robot_error" in self.faults.active:  # stays until /robot/recover, as a reflex
+                self.robot.raise_error(str(self.faults.get("robot_error")))
 
     def _on_loop_error(self, error: Exception) -> None:
         self.get_logger().fatal(f"sim loop stopped: {type(error).__name__}: {error}")

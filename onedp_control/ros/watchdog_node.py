@@ -43,7 +43,13 @@ from onedp_control.runtime.graph import (
     RESUME_SERVICE,
 )
 from onedp_control.runtime.rate_loop import DeadlineLoop
-from onedp_control.runtime.watchdog import METRICS, LatencyLimits, Watchdog, WatchdogStatus
+from onedp_control.runtime.watchdog import (
+    METRICS,
+    Fault,
+    LatencyLimits,
+    Watchdog,
+    WatchdogStatus,
+)
 
 REPORT_PERIOD_S = 0.2
 
@@ -57,6 +63,7 @@ class WatchdogNode(Node):
         self._lock = threading.Lock()
         self._frames: dict[str, float] = {}
         self._inference_ms: float | None = None
+        self._policy_fault: str | None = None
         self._chunk_stamp: float | None = None
         self._command_wall: float | None = None
         self._state_stamp: float | None = None
@@ -91,6 +98,10 @@ class WatchdogNode(Node):
     def _on_timing(self, message: DiagnosticStatus) -> None:
         values = {item.key: item.value for item in message.values}
         with self._lock:
+            if message.level == DiagnosticStatus.ERROR:
+                self._policy_fault = message.message
+                return
+            self._policy_fault = None
             self._inference_ms = float(values["inference_ms"])
 
     def _on_chunk(self, message: JointTrajectory) -> None:
@@ -118,8 +129,10 @@ class WatchdogNode(Node):
         with self._lock:
             frames = [self._frames.get(camera) for camera in CAMERAS]
             oldest = None if None in frames else min(frames)
+            skew = None if None in frames else (max(frames) - min(frames)) * 1e3
             return {
                 "observation_age_ms": age(oldest),
+                "camera_skew_ms": skew,
                 "inference_ms": self._inference_ms,
                 "chunk_age_ms": age(self._chunk_stamp),
                 "command_period_ms": age(self._command_wall),
@@ -128,7 +141,9 @@ class WatchdogNode(Node):
 
     def _tick(self, now: float) -> None:
         metrics = self.metrics(now)
-        status = self.watchdog.evaluate(metrics, now)
+        with self._lock:
+            faults = () if self._policy_fault is None else (Fault("policy", self._policy_fault),)
+        status = self.watchdog.evaluate(metrics, now, faults)
         self.hold.publish(Bool(data=status.holding))
         changed = status.holding != self._holding
         if changed and status.holding:

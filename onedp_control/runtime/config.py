@@ -9,6 +9,7 @@ an error naming the file and the field). `/**` holds what every node shares.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ class SharedParams(SafetyLimits):
     and sim nodes enforce (runtime/safety.py)."""
 
     control_period_s: float = 0.05
+    fault_injection: bool = False  # listen on /onedp/fault (the fault-injection suite only)
 
     def safety_limits(self) -> SafetyLimits:
         return SafetyLimits(
@@ -127,8 +129,12 @@ def load_runtime_config(path: Path) -> RuntimeConfig:
             raise ConfigError(f"{path}: unknown node '{node}' (known: {', '.join(SECTIONS)})")
         if not isinstance(body, dict) or set(body) != {"ros__parameters"}:
             raise ConfigError(f"{path}: {node}: expected exactly one key, 'ros__parameters'")
-        sections[SECTIONS[node]] = body["ros__parameters"] or {}
-    config = from_dict(RuntimeConfig, sections, str(path))
+        section = SECTIONS[node]
+        params_class = typing.get_type_hints(RuntimeConfig)[section]
+        # Errors read "<file>: <node>.<key>: ...".
+        where = f"{path}: {node}"
+        sections[section] = from_dict(params_class, body["ros__parameters"] or {}, where)
+    config = RuntimeConfig(**sections)
     config.validate(str(path))
     return config
 

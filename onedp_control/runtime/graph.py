@@ -24,6 +24,9 @@ EPISODE_TOPIC = "/sim/episode"  # std_msgs/String (JSON), one per finished episo
 DIAGNOSTICS_TOPIC = "/diagnostics"
 RECOVER_SERVICE = "/robot/recover"  # std_srvs/Trigger
 RESUME_SERVICE = "/watchdog/resume"  # std_srvs/Trigger
+# std_msgs/String (JSON {"target": node, "fault": name, "value": ...} or {"target", "clear"}),
+# listened to only by nodes started with fault_injection: true (`onedp faults`).
+FAULT_TOPIC = "/onedp/fault"
 
 # The action layout on the wire (JointTrajectory joint names).
 ACTION_NAMES = (

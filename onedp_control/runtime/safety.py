@@ -3,7 +3,9 @@
 In order, for each 10-D target (position, 6-D rotation, gripper width):
 
 1. non-finite values, or a 6-D rotation too degenerate to orthonormalise: rejected (the robot
-   holds instead);
+   holds instead); so is a target more than `reject_outside_m` outside the workspace or more
+   than `reject_jump_steps` per-step limits away from the previous target: that is a broken
+   policy, not one to follow at reduced speed;
 2. position clamped into the workspace box;
 3. orientation limited to a cone around the tool's expected approach direction (the tool z
    axis within `cone_half_angle_deg` of `cone_axis`): rotated back onto the cone's edge;
@@ -38,6 +40,8 @@ class SafetyLimits:
     max_angular_speed_rad_s: float = 2.0
     gripper_min_m: float = 0.0
     gripper_max_m: float = 0.08
+    reject_outside_m: float = 0.10
+    reject_jump_steps: float = 4.0
 
     def validate(self, where: str) -> None:
         low, high = np.asarray(self.workspace_min), np.asarray(self.workspace_max)
@@ -51,6 +55,8 @@ class SafetyLimits:
             raise ConfigError(f"{where}: max speeds must be > 0")
         if not 0 <= self.gripper_min_m < self.gripper_max_m:
             raise ConfigError(f"{where}: need 0 <= gripper_min_m < gripper_max_m")
+        if not (self.reject_outside_m >= 0 and self.reject_jump_steps >= 1):
+            raise ConfigError(f"{where}: need reject_outside_m >= 0 and reject_jump_steps >= 1")
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,14 @@ class SafetyFilter:
         rotation = orthonormal_rotation(action[3:9])
         if rotation is None:
             return self._reject("degenerate rotation")
+        outside = np.linalg.norm(action[:3] - np.clip(action[:3], self.low, self.high))
+        if outside > self.limits.reject_outside_m:
+            return self._reject("far outside the workspace")
+        if (
+            np.linalg.norm(action[:3] - self._previous[0])
+            > self.limits.reject_jump_steps * self.max_step_m
+        ):
+            return self._reject("jump too large")
         reasons = []
         position = np.clip(action[:3], self.low, self.high)
         if not np.array_equal(position, action[:3]):

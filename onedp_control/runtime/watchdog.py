@@ -4,6 +4,7 @@ Five measured quantities, each with a limit from the task's YAML config:
 
 - `observation_age_ms`: now minus the stamp of the newest camera frame (the oldest of the
   cameras' newest frames): a stalled or vanished camera;
+- `camera_skew_ms`: between the two cameras' newest frames: one camera lagging the other;
 - `inference_ms`: how long the policy took for its last chunk;
 - `chunk_age_ms`: now minus the observation stamp of the newest chunk: the policy has stopped
   producing, or its chunks arrive too late to be useful;
@@ -11,7 +12,9 @@ Five measured quantities, each with a limit from the task's YAML config:
 - `robot_state_age_ms`: now minus the stamp of the newest robot state.
 
 A quantity that has never been measured (no chunk yet, no frame yet) is a breach too: the
-controller starts holding and begins to move only when every quantity is within its limit.
+controller starts holding and begins to move only when every quantity is within its limit. An
+age below -FUTURE_TOLERANCE_MS (a stamp from the future: the clock jumped) is a breach, and so
+is any fault a node reports (a policy that refused its output, ...).
 After a breach it resumes only when everything has been healthy for `recover_after_s` (mode
 `auto`) or, in mode `command`, on an explicit resume request made while healthy.
 """
@@ -25,17 +28,21 @@ from onedp_control.errors import ConfigError
 
 METRICS = (
     "observation_age_ms",
+    "camera_skew_ms",
     "inference_ms",
     "chunk_age_ms",
     "command_period_ms",
     "robot_state_age_ms",
 )
 RECOVERY_MODES = ("auto", "command")
+AGES = ("observation_age_ms", "chunk_age_ms", "command_period_ms", "robot_state_age_ms")
+FUTURE_TOLERANCE_MS = 20.0
 
 
 @dataclass(frozen=True)
 class LatencyLimits:
     observation_age_ms: float = 150.0
+    camera_skew_ms: float = 50.0
     inference_ms: float = 100.0
     chunk_age_ms: float = 700.0
     command_period_ms: float = 100.0
@@ -68,13 +75,26 @@ class Breach:
     def describe(self) -> str:
         if self.value is None:
             return f"{self.metric}: no measurement yet"
+        if self.value < 0:
+            return f"{self.metric} {self.value:.1f}: a stamp from the future (clock jump?)"
         return f"{self.metric} {self.value:.1f} > {self.limit:.1f}"
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A fault a node reported (not a measured quantity)."""
+
+    source: str
+    message: str
+
+    def describe(self) -> str:
+        return f"{self.source}: {self.message}"
 
 
 @dataclass(frozen=True)
 class WatchdogStatus:
     holding: bool
-    breaches: tuple[Breach, ...]
+    breaches: tuple[Breach | Fault, ...]
     reason: str  # why it holds (the first breach, or "recovering", or "waiting for resume")
     healthy_for_s: float
 
@@ -97,12 +117,15 @@ class Watchdog:
         found = []
         for name in METRICS:
             value, limit = metrics.get(name), getattr(self.limits, name)
-            if value is None or not value <= limit:
+            too_new = name in AGES and value is not None and value < -FUTURE_TOLERANCE_MS
+            if value is None or not value <= limit or too_new:
                 found.append(Breach(name, value, limit))
         return tuple(found)
 
-    def evaluate(self, metrics: dict[str, float | None], now: float) -> WatchdogStatus:
-        breaches = self.breaches(metrics)
+    def evaluate(
+        self, metrics: dict[str, float | None], now: float, faults: tuple[Fault, ...] = ()
+    ) -> WatchdogStatus:
+        breaches = (*faults, *self.breaches(metrics))
         with self._lock:
             if breaches:
                 self._holding = True
