@@ -3,6 +3,13 @@ a tiny random-weight model for the runtime tests."""
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
 from onedp_control.sim.world import PnpMilkWorld
@@ -20,10 +27,12 @@ def moving_world():
         yield w
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A random-weight one-step model whose actions stay around the arm's home pose: for tests
-    of the running graph's plumbing and timing, not of skill."""
+HOME_ACTION = (0.31, 0.0, 0.49, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.08)  # the sim arm's home
+
+
+def write_tiny_model(path: Path, home=HOME_ACTION) -> Path:
+    """A random-weight one-step model whose actions stay within 2 cm of `home` (a 10-D
+    action): for tests of the running graph's plumbing and timing, not of skill."""
     import dataclasses
 
     import torch
@@ -44,11 +53,62 @@ def tiny_model(tmp_path_factory):
     )
     torch.manual_seed(0)
     model = DiffusionPolicy(tiny)
-    home = torch.tensor([0.31, 0, 0.49, 1, 0, 0, 0, -1, 0, 0.08])
-    model.normalizer.action_scale.fill_(20.0)
-    model.normalizer.action_offset.copy_(-20.0 * home)
-    path = tmp_path_factory.mktemp("model") / "tiny_onedp_s.pt"
-    save_checkpoint(
-        path, model_payload("onedp-s", model, {"onedp": dataclasses.asdict(OneDPConfig())})
-    )
+    # Normalised actions in [-1, 1] map to home +- 2 cm (and +- 0.02 on the other dims).
+    model.normalizer.action_scale.fill_(50.0)
+    model.normalizer.action_offset.copy_(-50.0 * torch.tensor(home, dtype=torch.float32))
+    onedp = {"onedp": dataclasses.asdict(OneDPConfig())}
+    save_checkpoint(path, model_payload("onedp-s", model, onedp))
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("model") / "tiny_onedp_s.pt")
+
+
+FRANKY_SIM_START_TIMEOUT_S = 60.0
+
+
+def start_franky_sim(log_path: Path) -> tuple[subprocess.Popen, str]:
+    """Starts a franky-sim server and returns it with the loopback address it serves on.
+
+    libfranka always uses ports 1337 (arm) and 1338 (hand), so servers are told apart by address:
+    franky-sim binds the first 127.x.y.z where both ports are free, and prints it."""
+    pytest.importorskip("franky_sim", reason="franky-sim is not installed (franky-sim==1.0.4)")
+    command = [
+        sys.executable,
+        "-c",
+        "from franky_sim.run_server import main; main()",
+        # The default ("auto") gives up at the first backend that fails to import (genesis).
+        "--simulator",
+        "mujoco",
+    ]
+    with log_path.open("w") as log:
+        # Unbuffered, so that the address line reaches the log while the server runs.
+        environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
+    deadline = time.monotonic() + FRANKY_SIM_START_TIMEOUT_S
+    while time.monotonic() < deadline and server.poll() is None:
+        address = re.search(r"using '([\d.]+)' as the robot IP", log_path.read_text())
+        if address:
+            return server, address.group(1)
+        time.sleep(0.1)
+    stop_process(server)
+    pytest.fail(f"franky-sim did not start:\n{log_path.read_text()}")
+
+
+def stop_process(server: subprocess.Popen) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+@pytest.fixture(scope="module")
+def franky_sim_host(tmp_path_factory):
+    """A franky-sim server on its own loopback address, for the module's tests."""
+    server, host = start_franky_sim(tmp_path_factory.mktemp("franky_sim") / "server.log")
+    yield host
+    stop_process(server)

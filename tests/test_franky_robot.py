@@ -8,11 +8,8 @@ that the arm goes where it is sent and stops when held, not how well it tracks.
 
 from __future__ import annotations
 
-import os
 import re
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,54 +20,10 @@ import pytest
 from onedp_control.robots import franky_robot
 from onedp_control.robots.base import RobotError
 from onedp_control.robots.franky_robot import FrankyRobot
+from tests.conftest import start_franky_sim, stop_process
 
 CONTROL_PERIOD_S = 0.05  # 20 Hz, the rate the policy streams at
-SERVER_START_TIMEOUT_S = 60.0
 OPEN_WIDTH_M = 0.08  # the Franka Hand's full opening
-
-
-def _start_franky_sim(log_path: Path) -> tuple[subprocess.Popen, str]:
-    """Starts a franky-sim server and returns it with the loopback address it serves on.
-
-    libfranka always uses ports 1337 (arm) and 1338 (hand), so servers are told apart by address:
-    franky-sim binds the first 127.x.y.z where both ports are free, and prints it."""
-    pytest.importorskip("franky_sim", reason="franky-sim is not installed (franky-sim==1.0.4)")
-    command = [
-        sys.executable,
-        "-c",
-        "from franky_sim.run_server import main; main()",
-        # The default ("auto") gives up at the first backend that fails to import (genesis).
-        "--simulator",
-        "mujoco",
-    ]
-    with log_path.open("w") as log:
-        # Unbuffered, so that the address line reaches the log while the server runs.
-        environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while time.monotonic() < deadline and server.poll() is None:
-        address = re.search(r"using '([\d.]+)' as the robot IP", log_path.read_text())
-        if address:
-            return server, address.group(1)
-        time.sleep(0.1)
-    _stop(server)
-    pytest.fail(f"franky-sim did not start:\n{log_path.read_text()}")
-
-
-def _stop(server: subprocess.Popen) -> None:
-    server.terminate()
-    try:
-        server.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
-
-
-@pytest.fixture(scope="module")
-def franky_sim_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server, host = _start_franky_sim(tmp_path_factory.mktemp("franky_sim") / "server.log")
-    yield host
-    _stop(server)
 
 
 @pytest.fixture
@@ -167,7 +120,7 @@ def test_gripper_closes_then_opens(robot: FrankyRobot) -> None:
 
 @pytest.mark.slow
 def test_lost_connection_raises_and_hold_stays_safe(tmp_path: Path) -> None:
-    server, host = _start_franky_sim(tmp_path / "server.log")
+    server, host = start_franky_sim(tmp_path / "server.log")
     robot = FrankyRobot(host, enforce_realtime=False)
     try:
         robot.connect()
@@ -177,7 +130,7 @@ def test_lost_connection_raises_and_hold_stays_safe(tmp_path: Path) -> None:
         robot.send_target(start.ee_pos, start.ee_rot, OPEN_WIDTH_M)
         time.sleep(1.0)
         _stream(robot, start.ee_pos, start.ee_pos + np.array([0.03, 0.0, 0.0]), start.ee_rot, 5)
-        _stop(server)
+        stop_process(server)
         # libfranka notices after its 1 s UDP timeout and aborts the running motion.
         deadline = time.monotonic() + 5.0
         with pytest.raises(RobotError, match=re.escape(host)):
@@ -188,7 +141,7 @@ def test_lost_connection_raises_and_hold_stays_safe(tmp_path: Path) -> None:
         robot.hold()
     finally:
         robot.disconnect()
-        _stop(server)
+        stop_process(server)
 
 
 def test_refused_connection_raises_naming_the_host() -> None:

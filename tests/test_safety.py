@@ -65,8 +65,10 @@ def test_each_clamp_and_rejection_is_named_and_counted():
     safety = fresh()
     assert safety.filter(target(HOME)).reasons == ()
     assert safety.filter(target([0.31, 0.0, 0.605])).reasons == ("workspace", "translation jump")
-    assert safety.filter(target([0.31, 0.0, 2.0])).reasons == ("far outside the workspace",)
-    assert safety.filter(target([0.31, 0.2, 0.52])).reasons == ("jump too large",)
+    assert safety.filter(target([0.31, 0.0, 2.0])).reasons == (
+        "far outside the workspace (1.400 m)",
+    )
+    assert safety.filter(target([0.31, 0.2, 0.52])).reasons == ("jump too large (0.200 m)",)
     assert safety.filter(np.full(10, np.nan)).reasons == ("non-finite target",)
     assert safety.filter(target(HOME, np.zeros((3, 3)))).reasons == ("degenerate rotation",)
     tilted = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=float) @ DOWN  # 90 deg off

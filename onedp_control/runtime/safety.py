@@ -123,12 +123,10 @@ class SafetyFilter:
             return self._reject("degenerate rotation")
         outside = np.linalg.norm(action[:3] - np.clip(action[:3], self.low, self.high))
         if outside > self.limits.reject_outside_m:
-            return self._reject("far outside the workspace")
-        if (
-            np.linalg.norm(action[:3] - self._previous[0])
-            > self.limits.reject_jump_steps * self.max_step_m
-        ):
-            return self._reject("jump too large")
+            return self._reject("far outside the workspace", f"{outside:.3f} m")
+        jump = np.linalg.norm(action[:3] - self._previous[0])
+        if jump > self.limits.reject_jump_steps * self.max_step_m:
+            return self._reject("jump too large", f"{jump:.3f} m")
         reasons = []
         position = np.clip(action[:3], self.low, self.high)
         if not np.array_equal(position, action[:3]):
@@ -161,6 +159,7 @@ class SafetyFilter:
             np.concatenate([position, rot6d_from_matrix(rotation), [gripper]]), tuple(reasons)
         )
 
-    def _reject(self, reason: str) -> Filtered:
+    def _reject(self, reason: str, detail: str = "") -> Filtered:
+        """Counted by reason; the detail (how far, how much) goes only into the message."""
         self.counts[reason] += 1
-        return Filtered(None, (reason,))
+        return Filtered(None, (f"{reason} ({detail})" if detail else reason,))
