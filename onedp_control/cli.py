@@ -455,6 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--log-dir", type=Path, help="write each node's output here")
     faults.set_defaults(func=cmd_faults)
 
+    from onedp_control.calibration.cli import add_calibrate_parser
+
+    add_calibrate_parser(sub)
+
     demo = sub.add_parser(
         "demo", help="the README's main job: `onedp run pnp_milk --sim` with the shipped model"
     )
