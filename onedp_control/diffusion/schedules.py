@@ -1,4 +1,4 @@
-"""Noise schedules and samplers, shared by every method (teacher, OneDP, and the rivals).
+"""Noise schedules and samplers, shared by every method (teachers, OneDP, and the rivals).
 
 A schedule wraps a raw network `net(x, level, cond)` into a denoiser and owns everything that
 depends on the parameterisation:
@@ -10,10 +10,14 @@ depends on the parameterisation:
   x0 prediction, loss weight (sigma^2 + sigma_d^2) / (sigma * sigma_d)^2, log-normal training
   sigmas; the network's level input is c_noise = ln(sigma) / 4. Sampler: Heun's second-order
   method on the Karras sigma grid (2N - 1 network evaluations for N steps).
+- `FlowSchedule`: conditional flow matching on the straight path (Lipman et al. 2023; rectified
+  flow, Liu et al. 2023), velocity prediction, uniform training times; the network's level
+  input is 100 t. Sampler: Euler with k steps (k network evaluations).
 
-Both expose the forward process x_k = alpha_k x0 + sigma_k eps (EDM: alpha = 1), `eps(...)`
-(the noise the denoiser believes was added, which gives the score -eps / sigma_k, Eq. 1 of the
-OneDP paper) and `x0(...)`, so distillation methods are written once for both.
+All expose the forward process x_k = alpha_k x0 + sigma_k eps (EDM: alpha = 1; flow:
+alpha = t, sigma = 1 - t), `eps(...)` (the noise the denoiser believes was added, which gives
+the score -eps / sigma_k, Eq. 1 of the OneDP paper) and `x0(...)`, so distillation methods are
+written once for all.
 
 Everything works in the normalised action space, where the data lies in [-1, 1].
 """
@@ -208,7 +212,66 @@ class EDMSchedule:
         return x.clamp(-1, 1)
 
 
-Schedule = DDPMSchedule | EDMSchedule
+@dataclass(frozen=True)
+class FlowSchedule:
+    """Straight-path flow matching with t = 0 at the noise and t = 1 at the data (the
+    convention of Lipman et al. 2023, pi0 and the One-Step Flow Policy, so that OFP's equations
+    read as published): x_t = t x0 + (1 - t) eps, velocity target dx_t/dt = x0 - eps.
+
+    In the shared notation alpha_t = t and sigma_t = 1 - t, and a velocity v gives the denoiser's
+    x0 = x_t + (1 - t) v and eps = x_t - t v. The network sees the level 100 t, the range of
+    the DDPM timesteps the U-Net's sinusoidal step embedding is sized for (a choice: the flow
+    papers feed t or 1000 t)."""
+
+    level_scale: float = 100.0
+
+    kind = "flow"
+
+    # ------------------------------------------------------------------ forward process
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return t, 1 - t
+
+    def diffuse(
+        self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        alpha, sigma = self.alpha_sigma(t)
+        return _expand(alpha, x0) * x0 + _expand(sigma, x0) * noise, sigma
+
+    def sample_levels(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Uniform training times, as conditional flow matching (Lipman et al. 2023)."""
+        return torch.rand(batch, generator=generator)
+
+    # ------------------------------------------------------------------ denoiser
+    def velocity(self, net: Network, x: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        return net(x, t * self.level_scale, cond)
+
+    def x0(self, net: Network, x: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        return x + _expand(1 - t, x) * self.velocity(net, x, t, cond)
+
+    def eps(self, net: Network, x: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        return x - _expand(t, x) * self.velocity(net, x, t, cond)
+
+    def loss(self, net: Network, x0: torch.Tensor, cond, generator=None) -> torch.Tensor:
+        """Conditional flow matching: || v(x_t, t) - (x0 - eps) ||^2, uniformly weighted."""
+        t = self.sample_levels(x0.shape[0], generator).to(x0)
+        noise = torch.randn(x0.shape, generator=generator).to(x0)
+        xt, _ = self.diffuse(x0, t, noise)
+        return torch.mean((self.velocity(net, xt, t, cond) - (x0 - noise)) ** 2)
+
+    # ------------------------------------------------------------------ sampler
+    def sample_euler(self, net: Network, noise: torch.Tensor, cond, count: int) -> torch.Tensor:
+        """Euler's method from t = 0 to 1 in `count` equal steps (`count` network evaluations);
+        the chunk is clamped to the data range at the end, as the Heun sampler does."""
+        if count < 1:
+            raise ValueError(f"Euler steps must be >= 1, got {count}")
+        x = noise
+        for index in range(count):
+            t = torch.full((x.shape[0],), index / count, device=x.device)
+            x = x + self.velocity(net, x, t, cond) / count
+        return x.clamp(-1, 1)
+
+
+Schedule = DDPMSchedule | EDMSchedule | FlowSchedule
 
 
 def make_schedule(kind: str) -> Schedule:
@@ -216,4 +279,6 @@ def make_schedule(kind: str) -> Schedule:
         return DDPMSchedule()
     if kind == "edm":
         return EDMSchedule()
-    raise ValueError(f"unknown noise schedule '{kind}' (known: ddpm, edm)")
+    if kind == "flow":
+        return FlowSchedule()
+    raise ValueError(f"unknown noise schedule '{kind}' (known: ddpm, edm, flow)")

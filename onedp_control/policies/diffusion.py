@@ -42,11 +42,14 @@ class ModelConfig:
     step_embed_dim: int = 64
     kernel: int = 5
     groups: int = 8
-    schedule: str = "ddpm"  # ddpm | edm
+    schedule: str = "ddpm"  # ddpm | edm | flow
 
     def validate(self, where: str) -> None:
-        if self.schedule not in ("ddpm", "edm"):
-            raise ConfigError(f"{where}: schedule must be 'ddpm' or 'edm', got '{self.schedule}'")
+        if self.schedule not in ("ddpm", "edm", "flow"):
+            raise ConfigError(
+                f"{where}: schedule must be 'ddpm' or 'edm' (diffusion) or 'flow' (flow "
+                f"matching), got '{self.schedule}'"
+            )
         if any(c > r for c, r in zip(self.image_size, self.resize, strict=True)):
             raise ConfigError(f"{where}: image_size {self.image_size} exceeds resize {self.resize}")
         if not 1 <= self.action_steps <= self.horizon - self.obs_horizon + 1:
@@ -66,25 +69,27 @@ PAPER_MODEL = ModelConfig(
 
 @dataclass(frozen=True)
 class Sampler:
-    """How to draw an action chunk: `ddpm` (K steps), `ddimN`, `edmN` (Heun, N steps) or
-    `onestep` (a distilled generator)."""
+    """How to draw an action chunk: `ddpm` (K steps), `ddimN`, `edmN` (Heun, N steps), `eulerN`
+    (a flow teacher, N Euler steps), `onestep` (a one-step generator) or `cpN` (a consistency
+    student chained over N steps, policies/consistency.py; cp1 is its onestep)."""
 
     name: str
     steps: int
 
     @classmethod
     def parse(cls, text: str) -> Sampler:
-        match = re.fullmatch(r"(ddpm|ddim|edm|onestep)(\d*)", text)
+        match = re.fullmatch(r"(ddpm|ddim|edm|euler|onestep|cp)(\d*)", text)
         if match is None:
             raise ConfigError(
-                f"--sampler: unknown sampler '{text}' (use ddpm, ddimN, edmN or onestep)"
+                f"--sampler: unknown sampler '{text}' "
+                "(use ddpm, ddimN, edmN, eulerN, onestep or cpN)"
             )
         name, digits = match.groups()
         if name == "ddpm" and not digits:
             return cls("ddpm", 100)
         if name == "onestep" and not digits:
             return cls("onestep", 1)
-        if name in ("ddim", "edm") and digits and int(digits) >= 1:
+        if name in ("ddim", "edm", "euler", "cp") and digits and int(digits) >= 1:
             return cls(name, int(digits))
         raise ConfigError(f"--sampler: '{text}' needs a step count (e.g. ddim10) or none (ddpm)")
 
@@ -181,6 +186,8 @@ def run_sampler(
         return schedule.sample_ddim(net, noise, cond, sampler.steps)
     if sampler.name == "edm" and schedule.kind == "edm":
         return schedule.sample_heun(net, noise, cond, sampler.steps)
+    if sampler.name == "euler" and schedule.kind == "flow":
+        return schedule.sample_euler(net, noise, cond, sampler.steps)
     raise ConfigError(
         f"--sampler: '{sampler.name}' does not apply to a {schedule.kind.upper()} teacher"
     )
