@@ -342,18 +342,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser(
         "train",
-        help="train the Diffusion Policy teacher",
-        description="Train a Diffusion Policy from a YAML config (see config/train/).",
+        help="train a teacher (diffusion, flow) or a One-Step Flow Policy (ofp)",
+        description="Train from a YAML config (see config/train/); its `method:` key says what: "
+        "diffusion (Diffusion Policy, model.schedule ddpm or edm), flow (flow-matching teacher, "
+        "schedule flow) or ofp (One-Step Flow Policy from scratch, schedule flow).",
     )
     _add_run_options(train)
     train.set_defaults(func=cmd_train)
 
     distill = sub.add_parser(
         "distill",
-        help="distil a teacher into a one-step generator (OneDP)",
-        description="OneDP-S / OneDP-D distillation of a trained teacher.",
+        help="distil a teacher into a one-step generator (OneDP, CP, IMLE)",
+        description="One-step distillation of a trained teacher: onedp-s / onedp-d (OneDP, a "
+        "DDPM or EDM teacher), cp (Consistency Policy, an EDM teacher) or imle (IMLE set "
+        "distillation, a flow teacher).",
     )
-    distill.add_argument("--method", required=True, choices=["onedp-s", "onedp-d"])
+    distill.add_argument("--method", required=True, choices=["onedp-s", "onedp-d", "cp", "imle"])
     distill.add_argument("--teacher", type=Path, required=True, help="teacher policy.pt")
     _add_run_options(distill)
     distill.set_defaults(func=cmd_distill)
@@ -378,7 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument(
         "--sampler",
-        help="ddpm, ddimN, edmN or onestep (default: ddpm for a teacher, onestep for OneDP)",
+        help="a teacher's ddpm or ddimN (DDPM), edmN (EDM) or eulerN (flow); onestep, or cpN "
+        "(a cp policy chained over N jumps); default: ddpm, edm18 or euler50 for a teacher, "
+        "onestep for a one-step policy",
     )
     evaluate.add_argument(
         "--backend",
@@ -458,6 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
     from onedp_control.calibration.cli import add_calibrate_parser
 
     add_calibrate_parser(sub)
+
+    from onedp_control.importers import add_import_parser
+
+    add_import_parser(sub)
 
     demo = sub.add_parser(
         "demo", help="the README's main job: `onedp run pnp_milk --sim` with the shipped model"

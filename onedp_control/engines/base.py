@@ -8,6 +8,15 @@ features at the next control step (obs horizon 2: half the encoder work):
 - `generate(obs_features, noise) -> chunk`: the features of the last `obs_horizon` frames,
   concatenated (1, obs_horizon * frame_dim), and the initial noise (1, horizon, action_dim)
   -> the de-normalised action chunk (1, horizon, action_dim) in metres / 6-D rotation / metres.
+  Samplers that need more noise than the initial one draw it from the `rng` passed along: a
+  teacher's DDPM steps, and the re-noising of a Consistency Policy chained over N jumps (cpN).
+
+Methods (the `method` of a checkpoint and of an engine's spec):
+- teachers, a multi-step sampler around a denoising network: `diffusion` (Diffusion Policy,
+  DDPM or EDM schedule: samplers ddpm, ddimN or edmN) and `flow` (flow matching: eulerN);
+- one-step generators, the whole chunk in one network evaluation (sampler `onestep`):
+  `onedp-s` and `onedp-d` (OneDP), `cp` (Consistency Policy; also cpN, N jumps), `imle` (IMLE
+  set distillation of a flow teacher) and `ofp` (One-Step Flow Policy).
 
 `infer(frames, noise)` runs both for a whole observation. Every call checks its inputs (shape,
 dtype, finite values) and raises `EngineInputError` naming the input, so a bad observation
@@ -33,6 +42,11 @@ if TYPE_CHECKING:
     import torch
 
 
+TEACHER_METHODS = ("diffusion", "flow")
+ONE_STEP_METHODS = ("onedp-s", "onedp-d", "cp", "imle", "ofp")
+METHODS = TEACHER_METHODS + ONE_STEP_METHODS
+
+
 class EngineError(ConfigError):
     """An engine cannot be loaded: missing library, missing GPU, missing or wrong file."""
 
@@ -45,7 +59,7 @@ class EngineInputError(ValueError):
 class EngineSpec:
     """What the run-time needs to know about a model to feed it; stored beside exported files."""
 
-    method: str  # diffusion | onedp-s | onedp-d
+    method: str  # one of METHODS
     cameras: tuple[str, ...]
     resize: tuple[int, int]  # camera frames are resized to this, then centre-cropped ...
     image_size: tuple[int, int]  # ... to this
@@ -55,13 +69,25 @@ class EngineSpec:
     action_dim: int
     low_dim: int
     frame_dim: int
-    sampler: str  # ddpm, ddimN, edmN, onestep
+    sampler: str  # ddpm, ddimN, edmN, eulerN (teachers), onestep, cpN (one-step methods)
     nfe: int  # network evaluations per chunk
 
     @property
     def stochastic(self) -> bool:
         """Whether the initial noise is drawn (all but the deterministic OneDP-D)."""
         return self.method != "onedp-d"
+
+    @property
+    def one_step(self) -> bool:
+        """Whether the chunk comes from one graph (a head), not a sampler loop in Python."""
+        return self.method in ONE_STEP_METHODS
+
+    def renoise_shape(self) -> tuple[int, int, int, int] | None:
+        """The fresh noise of cpN's N - 1 re-noisings (1, N - 1, T, A), an input of its graph
+        since the whole chain is one graph; None for every other sampler."""
+        if self.method != "cp" or self.nfe == 1:
+            return None
+        return (1, self.nfe - 1, self.horizon, self.action_dim)
 
     def image_shape(self) -> tuple[int, int, int, int]:
         return (1, 3, *self.image_size)
@@ -113,6 +139,14 @@ def check_input(name: str, value: np.ndarray, shape: tuple[int, ...]) -> np.ndar
     if not np.all(np.isfinite(array)):
         raise EngineInputError(f"input '{name}': contains NaN or Inf")
     return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def draw_renoise(spec: EngineSpec, rng: torch.Generator | None) -> np.ndarray | None:
+    """cpN's re-noising noise from `rng`, the same on every backend (None where not needed)."""
+    import torch
+
+    shape = spec.renoise_shape()
+    return None if shape is None else torch.randn(shape, generator=rng).numpy()
 
 
 def check_output(name: str, value: np.ndarray) -> np.ndarray:
@@ -173,7 +207,7 @@ class Engine(ABC):
         noise: np.ndarray,
         rng: torch.Generator | None = None,
     ) -> np.ndarray:
-        """`rng` draws the fresh noise of a stochastic multi-step sampler (DDPM)."""
+        """`rng` draws the fresh noise of a stochastic multi-step sampler (DDPM, cpN)."""
         spec = self.spec
         features = check_input("obs_features", obs_features, (1, spec.obs_horizon * spec.frame_dim))
         noise = check_input("noise", noise, spec.noise_shape())

@@ -1,11 +1,13 @@
 """`onedp export`: a checkpoint -> ONNX graphs + a manifest (`<stem>.json`) describing them.
 
-For a one-step generator (OneDP), `OUT.onnx` is the whole pipeline (encoders + generator), and
-the split graphs `OUT.encoder.onnx` / `OUT.head.onnx` let the run-time reuse a frame's
-features. For a multi-step teacher, `OUT.onnx` is the denoiser the sampler evaluates NFE times,
-beside `OUT.encoder.onnx`; the sampler loop (shared schedules module) runs in Python and the
-action de-normalisation is stored in the manifest. Inputs and outputs are described in
-graphs.py and in the manifest; every graph passes onnx's full checker.
+For a one-step generator (onedp-s, onedp-d, cp, imle, ofp), `OUT.onnx` is the whole pipeline
+(encoders + generator), and the split graphs `OUT.encoder.onnx` / `OUT.head.onnx` let the
+run-time reuse a frame's features; a Consistency Policy exported with `--sampler cpN` has its N
+jumps unrolled in the graphs (one more input, `renoise`). For a multi-step teacher (diffusion,
+flow), `OUT.onnx` is the denoiser the sampler evaluates NFE times, beside `OUT.encoder.onnx`;
+the sampler loop (shared schedules module) runs in Python and the action de-normalisation is
+stored in the manifest. Inputs and outputs are described in graphs.py and in the manifest;
+every graph passes onnx's full checker.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from onedp_control.engines.base import MANIFEST_FORMAT, EngineSpec, manifest_pat
 from onedp_control.engines.graphs import (
     DenoiserGraph,
     FrameEncoderGraph,
+    HeadSettings,
     OneStepHeadGraph,
     OneStepPipelineGraph,
 )
@@ -42,6 +45,12 @@ def graph_inputs(spec: EngineSpec, role: str) -> list[tuple[str, tuple[int, ...]
     height, width = spec.image_size
     features = (1, spec.obs_horizon * spec.frame_dim)
     noise = ("noise", spec.noise_shape(), "initial noise, N(0, I) (zeros for OneDP-D)")
+    renoise_shape = spec.renoise_shape()
+    renoise = (
+        []
+        if renoise_shape is None
+        else [("renoise", renoise_shape, "N(0, I): the noise of each re-noising of the cp chain")]
+    )
     obs_features = ("obs_features", features, "frame_features of the last frames, oldest first")
     if role == "encoder":
         frame = (1, 3, height, width)
@@ -50,17 +59,18 @@ def graph_inputs(spec: EngineSpec, role: str) -> list[tuple[str, tuple[int, ...]
             ("low_dim", (1, spec.low_dim), "end-effector position, 6-D rotation, gripper width"),
         ]
     if role == "head":
-        return [obs_features, noise]
+        return [obs_features, noise, *renoise]
     if role == "pipeline":
         stack = (1, spec.obs_horizon, 3, height, width)
         return [
             *((f"{c}_rgb", stack, f"{c} camera frames, oldest first") for c in spec.cameras),
             ("low_dim", (1, spec.obs_horizon, spec.low_dim), "low-dim state per frame"),
             noise,
+            *renoise,
         ]
     return [
-        ("sample", spec.noise_shape(), "noisy normalised action chunk"),
-        ("level", (1,), "DDPM timestep or EDM sigma, as float"),
+        ("sample", spec.noise_shape(), "noisy normalised action chunk (EDM: scaled by c_in)"),
+        ("level", (1,), "the U-Net's level: DDPM timestep, EDM ln(sigma) / 4 or flow 100 t"),
         obs_features,
     ]
 
@@ -69,17 +79,19 @@ GRAPH_OUTPUTS = {
     "encoder": ("frame_features", "one frame's camera features and low-dim state"),
     "head": ("action_chunk", "de-normalised actions: position (m), 6-D rotation, gripper (m)"),
     "pipeline": ("action_chunk", "de-normalised actions: position (m), 6-D rotation, gripper (m)"),
-    "denoiser": ("model_output", "epsilon (DDPM) or raw network output (EDM)"),
+    "denoiser": ("model_output", "epsilon (DDPM), raw network output (EDM) or velocity (flow)"),
 }
 
 
-def _module(role: str, model: DiffusionPolicy, onedp) -> torch.nn.Module:
+def _module(
+    role: str, model: DiffusionPolicy, spec: EngineSpec, settings: HeadSettings
+) -> torch.nn.Module:
     if role == "encoder":
         return FrameEncoderGraph(model)
     if role == "head":
-        return OneStepHeadGraph(model, onedp)
+        return OneStepHeadGraph(model, spec.method, settings)
     if role == "pipeline":
-        return OneStepPipelineGraph(model, onedp)
+        return OneStepPipelineGraph(model, spec.method, settings)
     return DenoiserGraph(model)
 
 
@@ -108,13 +120,13 @@ def export_onnx(checkpoint: Path, out: Path, sampler: str | None = None) -> dict
         raise ConfigError(f"--onnx: {out} must end in .onnx")
     check_output_path(out, overwrite=True, directory=False)
     out.parent.mkdir(parents=True, exist_ok=True)
-    model, onedp, spec = load_checkpoint_model(checkpoint, sampler)
-    roles = ("pipeline", "encoder", "head") if onedp is not None else ("denoiser", "encoder")
+    model, settings, spec = load_checkpoint_model(checkpoint, sampler)
+    roles = ("pipeline", "encoder", "head") if spec.one_step else ("denoiser", "encoder")
     files = {}
     with torch.no_grad():
         for role in roles:
             path = graph_path(out, role)
-            export_graph(_module(role, model, onedp), spec, role, path)
+            export_graph(_module(role, model, spec, settings), spec, role, path)
             files[role] = {
                 "file": path.name,
                 "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
@@ -135,7 +147,7 @@ def export_onnx(checkpoint: Path, out: Path, sampler: str | None = None) -> dict
         "spec": spec.to_json(),
         "graphs": files,
     }
-    if onedp is None:
+    if not spec.one_step:
         normalizer = model.normalizer
         manifest["action_normalizer"] = {
             "scale": normalizer.action_scale.tolist(),

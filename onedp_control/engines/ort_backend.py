@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from onedp_control.diffusion.schedules import make_schedule
-from onedp_control.engines.base import Engine, EngineError, read_manifest
+from onedp_control.engines.base import Engine, EngineError, draw_renoise, read_manifest
 from onedp_control.engines.export import graph_path
 from onedp_control.engines.torch_backend import check_sampler
 from onedp_control.policies.diffusion import Sampler, run_sampler
@@ -63,7 +63,12 @@ class OrtEngine(Engine):
         manifest, spec = read_manifest(path)
         if sampler is not None:
             chosen = Sampler.parse(sampler)
-            check_sampler(spec.method, chosen, "--sampler")
+            check_sampler(spec.method, manifest["schedule"], chosen, "--sampler")
+            if spec.one_step and chosen.nfe != spec.nfe:  # the chain is unrolled in the graph
+                raise EngineError(
+                    f"{path}: exported for sampler {spec.sampler}; export the checkpoint again "
+                    f"with --sampler {chosen.label} to run that"
+                )
             spec = type(spec)(**{**spec.to_json(), "sampler": chosen.label, "nfe": chosen.nfe})
         super().__init__(spec, path)
         self.device = device
@@ -79,8 +84,7 @@ class OrtEngine(Engine):
                     f"{graph_path(path, role)}: inputs {actual} do not match the manifest "
                     f"{expected}"
                 )
-        self._one_step = "head" in self._sessions
-        if not self._one_step:
+        if not spec.one_step:
             self.schedule = make_schedule(manifest["schedule"])
             self.sampler = Sampler.parse(spec.sampler)
             normalizer = manifest["action_normalizer"]
@@ -92,10 +96,16 @@ class OrtEngine(Engine):
         feeds["low_dim"] = low_dim
         return self._sessions["encoder"].run(None, feeds)[0]
 
-    def run_pipeline(self, frames: dict[str, np.ndarray], noise: np.ndarray) -> np.ndarray:
+    def run_pipeline(
+        self, frames: dict[str, np.ndarray], noise: np.ndarray, renoise: np.ndarray | None = None
+    ) -> np.ndarray:
         """The single whole-pipeline graph (one-step models): `<camera>_rgb` (1, To, 3, H, W),
-        `low_dim` (1, To, D), noise -> chunk. Used to check it against the split graphs."""
-        return self._sessions["pipeline"].run(None, {**frames, "noise": noise})[0]
+        `low_dim` (1, To, D), noise (and cpN's renoise) -> chunk. Used to check it against the
+        split graphs."""
+        feeds = {**frames, "noise": noise}
+        if renoise is not None:
+            feeds["renoise"] = renoise
+        return self._sessions["pipeline"].run(None, feeds)[0]
 
     def denoise(self, sample: torch.Tensor, level: torch.Tensor, cond: torch.Tensor):
         """The denoiser graph as the shared samplers' `net(x, level, cond)`."""
@@ -109,8 +119,11 @@ class OrtEngine(Engine):
     def _generate(
         self, obs_features: np.ndarray, noise: np.ndarray, rng: torch.Generator | None
     ) -> np.ndarray:
-        if self._one_step:
+        if self.spec.one_step:
             feeds = {"obs_features": obs_features, "noise": noise}
+            renoise = draw_renoise(self.spec, rng)
+            if renoise is not None:
+                feeds["renoise"] = renoise
             return self._sessions["head"].run(None, feeds)[0]
         chunk = run_sampler(
             self.schedule,

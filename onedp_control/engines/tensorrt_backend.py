@@ -20,20 +20,39 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onedp_control.engines.base import Engine, EngineError, manifest_path, read_manifest
+from onedp_control.engines.base import (
+    Engine,
+    EngineError,
+    draw_renoise,
+    manifest_path,
+    read_manifest,
+)
 from onedp_control.engines.export import graph_path
 from onedp_control.files import write_json_atomic
 
 DEFAULT_WORKSPACE_MB = 1024
 FP16_KEEP_FLOAT32_OPS = ("InstanceNormalization", "Softmax", "Sin", "Cos")
+SINUSOID_NODES = ("step_encoder.0", "second_time/mlp/mlp.0")
+
+
+def keeps_float32(node: onnx.NodeProto) -> bool:
+    """The time sinusoids (the U-Net's, and the second time's of cp and ofp) see angles up to
+    ~100 rad: float16 would lose the phase. The graph's own casts to float32 (of the time
+    levels cp computes in the graph) stay too: the converter would retype their outputs to
+    float16 and leave them saying float32, which the checker refuses."""
+    if any(sinusoid in node.name for sinusoid in SINUSOID_NODES):
+        return True
+    if node.op_type != "Cast":
+        return False
+    to = next(attribute.i for attribute in node.attribute if attribute.name == "to")
+    return to == onnx.TensorProto.FLOAT
 
 
 def to_fp16_onnx(source: Path, destination: Path) -> None:
     from onnxconverter_common import float16
 
     model = onnx.load(str(source))
-    # The diffusion-step sinusoid sees angles up to ~100 rad: float16 would lose the phase.
-    keep = [node.name for node in model.graph.node if "step_encoder.0" in node.name]
+    keep = [node.name for node in model.graph.node if keeps_float32(node)]
     with warnings.catch_warnings():
         # It warns for every weight below float16's range that it flushes: expected, and many.
         warnings.simplefilter("ignore", UserWarning)
@@ -267,4 +286,8 @@ class TensorRTEngine(Engine):
         return self._run("encoder", {**feeds, "low_dim": low_dim})
 
     def _generate(self, obs_features: np.ndarray, noise: np.ndarray, rng) -> np.ndarray:
-        return self._run("head", {"obs_features": obs_features, "noise": noise})
+        feeds = {"obs_features": obs_features, "noise": noise}
+        renoise = draw_renoise(self.spec, rng)
+        if renoise is not None:  # a cpN head (the chain unrolled in the engine)
+            feeds["renoise"] = renoise
+        return self._run("head", feeds)

@@ -2,7 +2,11 @@
 normalizer) and, for a run that can resume, the optimiser and RNG states and the loss history.
 
 A policy file is a checkpoint without the training state. Loading checks the format, the
-method and the architecture, and names the file and what does not match.
+method and the architecture, and names the file and what does not match. The method names the
+network class: the teachers (diffusion, flow) and the one-step students that are copies of
+their teacher's network (onedp-s, onedp-d, imle) are DiffusionPolicy; a Consistency Policy
+student adds a second time input (TwoTimePolicy), the One-Step Flow Policy a null condition
+too (OneStepFlowPolicy).
 """
 
 from __future__ import annotations
@@ -17,8 +21,22 @@ import torch
 from onedp_control.config import from_dict
 from onedp_control.errors import ConfigError
 from onedp_control.policies.diffusion import DiffusionPolicy, ModelConfig
+from onedp_control.policies.ofp import OneStepFlowPolicy
+from onedp_control.policies.two_time import TwoTimePolicy
 
 FORMAT = "onedp-checkpoint-v1"
+
+MODEL_CLASSES: dict[str, type[DiffusionPolicy]] = {
+    "diffusion": DiffusionPolicy,
+    "flow": DiffusionPolicy,
+    "onedp-s": DiffusionPolicy,
+    "onedp-d": DiffusionPolicy,
+    "imle": DiffusionPolicy,
+    "cp": TwoTimePolicy,
+    "ofp": OneStepFlowPolicy,
+}
+# What only a resumable run file holds; a policy file has none of it.
+TRAINING_STATE_KEYS = ("optimizer", "distiller", "trainer")
 
 
 def check_resumable(last: Path, resume: bool) -> None:
@@ -67,8 +85,14 @@ def read_checkpoint(path: Path) -> dict:
 
 def build_model(payload: dict, path: Path) -> DiffusionPolicy:
     """The network described by a checkpoint, with its weights."""
+    method = payload.get("method")
+    if method not in MODEL_CLASSES:
+        raise ConfigError(f"{path}: unknown method '{method}' (known: {', '.join(MODEL_CLASSES)})")
     config = from_dict(ModelConfig, payload["model_config"], f"{path}:model_config")
-    model = DiffusionPolicy(config)
+    try:
+        model = MODEL_CLASSES[method](config)
+    except ConfigError as error:  # e.g. an OFP network without the flow schedule
+        raise ConfigError(f"{path}: {error}") from None
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as error:
@@ -92,7 +116,7 @@ def pack_policy(source: Path, destination: Path) -> int:
     """A policy file with float weights stored as float16 (half the size; loading restores
     float32). Returns the number of bytes written."""
     payload = read_checkpoint(source)
-    if "model" not in payload or "optimizer" in payload or "distiller" in payload:
+    if "model" not in payload or any(key in payload for key in TRAINING_STATE_KEYS):
         raise ConfigError(f"{source}: not a policy file (use policy.pt, not last.pt)")
     payload["model"] = {
         key: value.half() if value.is_floating_point() else value

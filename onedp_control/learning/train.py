@@ -1,4 +1,8 @@
-"""`onedp train --config FILE`: train the Diffusion Policy teacher.
+"""`onedp train --config FILE`: train a teacher, or a one-step policy that needs none.
+
+The config's `method` says which: `diffusion` (Diffusion Policy, `model.schedule` ddpm or edm),
+`flow` (the flow-matching teacher, schedule flow, policies/flow.py) or `ofp` (the One-Step Flow
+Policy trained from scratch, schedule flow, policies/ofp.py, settings in the `ofp` section).
 
 AdamW with linear warm-up and cosine decay, an exponential moving average of the weights (the
 EMA weights are the policy), a progress bar, a checkpoint every `checkpoint_every` steps
@@ -12,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +36,8 @@ from onedp_control.learning.checkpoint import (
 from onedp_control.learning.data import TrainingWindows
 from onedp_control.learning.plot import plot_losses
 from onedp_control.policies.diffusion import DiffusionPolicy, ModelConfig
+from onedp_control.policies.ofp import METHOD as OFP
+from onedp_control.policies.ofp import OFPConfig, OneStepFlowPolicy, OneStepFlowTrainer
 
 
 @dataclass(frozen=True)
@@ -55,9 +61,16 @@ class TrainConfig:
     output_dir: str
     model: ModelConfig = field(default_factory=ModelConfig)
     train: OptimConfig = field(default_factory=OptimConfig)
-    # A policy file of the same architecture to start from (its weights and normalizer), with
-    # a fresh optimiser and learning-rate schedule: a second training phase, unlike --resume.
+    method: str = "diffusion"  # diffusion | flow (teachers) | ofp (one-step, no teacher)
+    ofp: OFPConfig = field(default_factory=OFPConfig)
+    # A policy file of the same method and architecture to start from (its weights and
+    # normalizer), with a fresh optimiser and learning-rate schedule: a second training phase,
+    # unlike --resume.
     init_from: str | None = None
+
+
+# The schedules each method trains on.
+TRAIN_METHODS = {"diffusion": ("ddpm", "edm"), "flow": ("flow",), OFP: ("flow",)}
 
 
 def ema_decay(step: int, power: float, max_decay: float) -> float:
@@ -93,17 +106,59 @@ def open_tensorboard(enabled: bool, out: Path):
     return SummaryWriter(str(out / "tensorboard"))
 
 
-def init_weights(model: DiffusionPolicy, source: Path, where: str) -> None:
-    _, start = load_model(source, ("diffusion",))
+def check_method(cfg: TrainConfig, where: str) -> None:
+    """The method is known, runs on the configured schedule, and its own section is valid."""
+    if cfg.method not in TRAIN_METHODS:
+        raise ConfigError(
+            f"{where}: method must be one of {', '.join(TRAIN_METHODS)}, got '{cfg.method}'"
+        )
+    schedules = TRAIN_METHODS[cfg.method]
+    if cfg.model.schedule not in schedules:
+        raise ConfigError(
+            f"{where}: method '{cfg.method}' needs model.schedule {' or '.join(schedules)}, got "
+            f"'{cfg.model.schedule}' (a flow-matching teacher is method: flow, schedule: flow)"
+        )
+    if cfg.method == OFP:
+        cfg.ofp.validate(f"{where}:ofp")
+
+
+def init_weights(model: DiffusionPolicy, source: Path, method: str, where: str) -> None:
+    _, start = load_model(source, (method,))
     if start.config != model.config:
         raise ConfigError(f"{where}: init_from {source} has a different model configuration")
     model.load_state_dict(start.state_dict())
 
 
+def teacher_step(
+    model: DiffusionPolicy,
+    optimizer: torch.optim.Optimizer,
+    batch: dict,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """One iteration of a teacher: its schedule's denoising (or flow-matching) loss."""
+    loss = model.loss(batch, generator)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return {"loss": float(loss.detach())}
+
+
+def ofp_total(terms: dict[str, float], config: OFPConfig) -> float:
+    """OFP's objective L_flow + lambda_c L_sc + lambda_g L_sg from the trainer's terms (a batch
+    too small for a term's share has no such term)."""
+    weights = {
+        "flow": 1.0,
+        "consistency": config.consistency_weight,
+        "guidance": config.guidance_weight,
+    }
+    return sum(weights[name] * value for name, value in terms.items())
+
+
 def train(config_path: Path, resume: bool = False, progress: bool = True) -> Path:
     cfg = load_config(config_path, TrainConfig)
     cfg.model.validate(str(config_path))
-    opt_cfg = cfg.train
+    check_method(cfg, str(config_path))
+    method, opt_cfg = cfg.method, cfg.train
     out = Path(cfg.output_dir)
     last = out / "last.pt"
     check_resumable(last, resume)
@@ -111,69 +166,100 @@ def train(config_path: Path, resume: bool = False, progress: bool = True) -> Pat
     torch.manual_seed(opt_cfg.seed)
 
     windows = TrainingWindows(Dataset(cfg.dataset), cfg.model)
-    model = DiffusionPolicy(cfg.model)
+    model_class = OneStepFlowPolicy if method == OFP else DiffusionPolicy
+    model = model_class(cfg.model)
     windows.fit_normalizer(model.normalizer)
     if cfg.init_from is not None and not resume:
-        init_weights(model, Path(cfg.init_from), str(config_path))
+        init_weights(model, Path(cfg.init_from), method, str(config_path))
+    # The policy is this EMA of the weights; OFP's trainer keeps its own target network too.
     ema = copy.deepcopy(model).requires_grad_(False)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay
-    )
+    trainer = None
+    if method == OFP:
+        trainer = OneStepFlowTrainer(
+            model, cfg.ofp, opt_cfg.steps, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay
+        )
+        optimizer = trainer.optimizer
+    else:
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay
+        )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, opt_cfg.warmup_steps, opt_cfg.steps)
     )
     rng = np.random.default_rng(opt_cfg.seed)
     generator = torch.Generator().manual_seed(opt_cfg.seed)
-    step, losses = 0, []
+    # "loss" is what is optimised; OFP adds its terms beside it.
+    step, history = 0, {"loss": []}
     if resume:
         state = read_checkpoint(last)
-        model.load_state_dict(state["model"])
+        if state["method"] != method:
+            raise ConfigError(
+                f"{last}: a {state['method']} run; {config_path} trains method '{method}'"
+            )
+        if trainer is not None:
+            trainer.load_state_dict(state["trainer"])
+            history.update({name: list(values) for name, values in state["loss_terms"].items()})
+        else:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
         ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         rng.bit_generator.state = state["numpy_rng"]
         generator.set_state(state["torch_rng"])
-        step, losses = state["step"], list(state["losses"])
+        step, history["loss"] = state["step"], list(state["losses"])
 
     writer = open_tensorboard(opt_cfg.tensorboard, out)
-    bar = tqdm(total=opt_cfg.steps, initial=step, desc="train", unit="step", disable=not progress)
+    bar = tqdm(total=opt_cfg.steps, initial=step, desc=method, unit="step", disable=not progress)
     model.train()
     while step < opt_cfg.steps:
         batch = windows.batch(
             rng.integers(0, len(windows), opt_cfg.batch_size), model.normalizer, rng
         )
-        loss = model.loss(batch, generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if trainer is not None:
+            terms = trainer.step(batch, generator)
+            terms = {"loss": ofp_total(terms, cfg.ofp), **terms}
+        else:
+            terms = teacher_step(model, optimizer, batch, generator)
         scheduler.step()
         ema_update(ema, model, ema_decay(step, opt_cfg.ema_power, opt_cfg.ema_max_decay))
         step += 1
-        losses.append(float(loss.detach()))
+        for name, value in terms.items():
+            history.setdefault(name, []).append(value)
+            if writer is not None:
+                writer.add_scalar(name, value, step)
         bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-        if writer is not None:
-            writer.add_scalar("loss", losses[-1], step)
+        bar.set_postfix(loss=f"{np.mean(history['loss'][-50:]):.4f}")
         if step % opt_cfg.checkpoint_every == 0 or step == opt_cfg.steps:
+            if trainer is not None:
+                training_state = {
+                    "trainer": trainer.state_dict(),
+                    "loss_terms": {k: v for k, v in history.items() if k != "loss"},
+                }
+            else:
+                training_state = {"optimizer": optimizer.state_dict()}
             save_checkpoint(
                 last,
                 model_payload(
-                    "diffusion",
+                    method,
                     model,
                     {
                         "ema": ema.state_dict(),
-                        "optimizer": optimizer.state_dict(),
+                        **training_state,
                         "scheduler": scheduler.state_dict(),
                         "numpy_rng": rng.bit_generator.state,
                         "torch_rng": generator.get_state(),
                         "step": step,
-                        "losses": losses,
+                        "losses": history["loss"],
                         "train_config": str(config_path),
                     },
                 ),
             )
-            save_checkpoint(out / "policy.pt", model_payload("diffusion", ema, {"step": step}))
-            plot_losses({"loss": losses}, out / "loss.png", f"teacher ({cfg.model.schedule})")
+            settings = {OFP: asdict(cfg.ofp)} if method == OFP else {}
+            save_checkpoint(
+                out / "policy.pt", model_payload(method, ema, {"step": step, **settings})
+            )
+            title = f"teacher ({cfg.model.schedule})" if trainer is None else "One-Step Flow Policy"
+            plot_losses(history, out / "loss.png", title)
     bar.close()
     if writer is not None:
         writer.close()
