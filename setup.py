@@ -23,6 +23,8 @@ CORE = [
     "onnx==1.23.2",
     "onnxruntime==1.31.1",
     "onnxconverter-common==1.16.0",  # float32 -> float16 graphs for TensorRT 11 (strong typing)
+    "h5py==3.16.0",  # onedp import robomimic
+    "rosbags==0.11.9",  # onedp import rosbag (rosbag2, MCAP and sqlite3, without ROS)
     "pyrealsense2==2.59.1.11053",
     "franky-control==2.0.0",
 ]
@@ -80,7 +82,7 @@ setup(
             # The ROS 2 executables (lib/onedp_control/<name>_node, what `ros2 run` starts).
             *(
                 f"{node}_node = onedp_control.ros.{node}_node:main"
-                for node in ("camera", "policy", "robot", "sim", "watchdog")
+                for node in ("camera", "policy", "recorder", "robot", "sim", "watchdog")
             ),
         ]
     },

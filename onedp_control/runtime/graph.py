@@ -24,6 +24,12 @@ EPISODE_TOPIC = "/sim/episode"  # std_msgs/String (JSON), one per finished episo
 DIAGNOSTICS_TOPIC = "/diagnostics"
 RECOVER_SERVICE = "/robot/recover"  # std_srvs/Trigger
 RESUME_SERVICE = "/watchdog/resume"  # std_srvs/Trigger
+# What a teleoperation device commands (any teleop node); the recorder records them as actions.
+TELEOP_TARGET_TOPIC = "/teleop/target_pose"  # geometry_msgs/PoseStamped, end-effector target
+TELEOP_GRIPPER_TOPIC = "/teleop/gripper_width"  # std_msgs/Float64, gripper width target (m)
+RECORDER_START_SERVICE = "/recorder/start"  # std_srvs/Trigger: open an episode
+RECORDER_STOP_SERVICE = "/recorder/stop"  # std_srvs/Trigger: save it into the dataset
+RECORDER_DISCARD_SERVICE = "/recorder/discard"  # std_srvs/Trigger: drop it
 # std_msgs/String (JSON {"target": node, "fault": name, "value": ...} or {"target", "clear"}),
 # listened to only by nodes started with fault_injection: true (`onedp faults`).
 FAULT_TOPIC = "/onedp/fault"
