@@ -23,6 +23,7 @@ only nodes started with fault_injection listen to.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
@@ -309,10 +310,11 @@ def run_faults(
     overrides["sim"].update({"publish_cameras": False, "time_limit_s": 3600.0})
     overrides["camera"].update({"source": "software"})
     overrides["watchdog"].update({"recover_after_s": 0.5})
-    runner = GraphRunner(config, arguments, overrides)
+    domain_id = 1 + os.getpid() % 100  # its own ROS domain: no other graph hears the faults
+    runner = GraphRunner(config, arguments, overrides, domain_id)
     runner.nodes.append(node_spec("camera", True, {}))
     safety = SafetyFilter(runtime.shared.safety_limits(), runtime.shared.control_period_s)
-    rclpy.init()
+    rclpy.init(domain_id=domain_id)
     monitor = GraphMonitor()
     context = FaultContext(runner, monitor, log_dir)
     results = []

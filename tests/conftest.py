@@ -112,3 +112,18 @@ def franky_sim_host(tmp_path_factory):
     server, host = start_franky_sim(tmp_path_factory.mktemp("franky_sim") / "server.log")
     yield host
     stop_process(server)
+
+
+@pytest.fixture
+def ros_domain():
+    """A ROS domain of the test's own, with rclpy initialised in it: the graphs of two tests
+    never hear each other, even while the last one's processes exit."""
+    import rclpy
+
+    domain = 1 + (os.getpid() * 7 + next(_DOMAINS)) % 100
+    rclpy.init(domain_id=domain)
+    yield domain
+    rclpy.shutdown()
+
+
+_DOMAINS = __import__("itertools").count()

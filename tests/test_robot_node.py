@@ -15,7 +15,6 @@ import yaml
 pytest.importorskip("rclpy", reason="needs the ROS 2 wheels (./setup.sh installs them)")
 pytest.importorskip("franky_sim", reason="franky-sim is not installed (./setup.sh installs it)")
 
-import rclpy
 
 from onedp_control.faults import GraphMonitor
 from onedp_control.ros.runner import GraphRunner
@@ -27,7 +26,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "config" / "pnp_milk.yaml"
 FRANKY_SIM_START = (0.5544, 0.0, 0.5214, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.08)
 
 
-def test_robot_node_streams_to_franky_sim_and_holds_when_the_robot_is_lost(tmp_path):
+def test_robot_node_streams_to_franky_sim_and_holds_when_the_robot_is_lost(tmp_path, ros_domain):
     # A model acting within 2 cm of where franky-sim starts the arm (the safety filter rejects
     # targets far from the measured pose).
     tiny_model = write_tiny_model(tmp_path / "tiny.pt", FRANKY_SIM_START)
@@ -43,8 +42,7 @@ def test_robot_node_streams_to_franky_sim_and_holds_when_the_robot_is_lost(tmp_p
     path = tmp_path / "franky_sim.yaml"
     path.write_text(yaml.safe_dump(config))
     arguments = LaunchArguments(config=str(path), engine=str(tiny_model), robot_host=host)
-    runner = GraphRunner(path, arguments, {})
-    rclpy.init()
+    runner = GraphRunner(path, arguments, {}, ros_domain)
     monitor = GraphMonitor("robot_node_test")
     runner.start(tmp_path / "logs")
     try:
@@ -73,6 +71,5 @@ def test_robot_node_streams_to_franky_sim_and_holds_when_the_robot_is_lost(tmp_p
     finally:
         runner.stop()
         monitor.close()
-        rclpy.shutdown()
         if server.poll() is None:
             stop_process(server)

@@ -93,14 +93,7 @@ class Recorder:
         self.node.destroy_node()
 
 
-@pytest.fixture
-def ros_context():
-    rclpy.init()
-    yield
-    rclpy.shutdown()
-
-
-def graph(model: Path, **overrides) -> GraphRunner:
+def graph(model: Path, domain: int, **overrides) -> GraphRunner:
     arguments = LaunchArguments(config=str(CONFIG), sim=True, engine=str(model))
     return GraphRunner(
         CONFIG,
@@ -109,11 +102,12 @@ def graph(model: Path, **overrides) -> GraphRunner:
             "sim": {"episodes": 1, "time_limit_s": 30.0, **overrides},
             "watchdog": {"recover_after_s": 0.3},
         },
+        domain,
     )
 
 
-def test_sim_in_the_loop_streams_images_chunks_and_commands(ros_context, tiny_model, tmp_path):
-    runner = graph(tiny_model)
+def test_sim_in_the_loop_streams_images_chunks_and_commands(ros_domain, tiny_model, tmp_path):
+    runner = graph(tiny_model, ros_domain)
     recorder = Recorder()
     runner.start(tmp_path / "logs")
     try:
@@ -128,10 +122,10 @@ def test_sim_in_the_loop_streams_images_chunks_and_commands(ros_context, tiny_mo
     stamps = np.array([s for s, _ in recorder.images])
     period = np.median(np.diff(stamps))
     assert period == pytest.approx(0.05, abs=0.01), "images at 20 Hz"
-    image_stamps = set(np.round(stamps, 6))
-    assert recorder.chunks and all(round(s, 6) in image_stamps for s in recorder.chunks), (
-        "every chunk carries the stamp of the observation it was computed from"
-    )
+    # Each chunk carries the stamp of an observation: a frame on the sim's 50 ms grid (frames
+    # are best effort, so this test may not have received that very frame).
+    offsets = (np.asarray(recorder.chunks) - stamps[0]) / 0.05
+    assert recorder.chunks and np.allclose(offsets, np.round(offsets), atol=1e-3)
     commands = np.array([s for s, _ in recorder.commands])
     assert np.median(np.diff(commands)) == pytest.approx(0.05, abs=0.005), "commands at 20 Hz"
     # Replanning every 8 steps: about one chunk per 0.4 s of streaming.
@@ -139,9 +133,9 @@ def test_sim_in_the_loop_streams_images_chunks_and_commands(ros_context, tiny_mo
 
 
 def test_killing_the_camera_holds_the_robot_within_one_control_period(
-    ros_context, tiny_model, tmp_path
+    ros_domain, tiny_model, tmp_path
 ):
-    runner = graph(tiny_model, publish_cameras=False)
+    runner = graph(tiny_model, ros_domain, publish_cameras=False)
     runner.nodes.append(node_spec("camera", True, {"source": "software"}))
     recorder = Recorder()
     runner.start(tmp_path / "logs")

@@ -162,13 +162,13 @@ def chunk_from_message(message: JointTrajectory) -> ActionChunk:
     return ActionChunk(from_stamp(message.header.stamp), float(periods[0]), actions)
 
 
-def spin_node(factory: Callable[[], Node], executor_threads: int = 2) -> int:
+def spin_node(factory: Callable[[], Node]) -> int:
     """Runs a node until SIGINT or SIGTERM, then shuts down in order: the node first (its own
     threads stop publishing), then the executor, then the ROS context. rclpy's own signal
     handler would invalidate the context while those threads still publish. Exit status 2 with
     one line on a config error."""
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
 
     stop = threading.Event()
@@ -176,12 +176,18 @@ def spin_node(factory: Callable[[], Node], executor_threads: int = 2) -> int:
         signal.signal(number, lambda *_: stop.set())
     rclpy.init(args=sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     node = None
-    executor = MultiThreadedExecutor(num_threads=executor_threads)
+    # One thread for the callbacks, which are all short (the work runs in each node's own
+    # threads). rclpy's MultiThreadedExecutor busy-loops while a callback runs, and the GIL it
+    # holds starved the sim's 20 Hz loop into hundreds of missed deadlines.
+    executor = SingleThreadedExecutor()
+    spinner = threading.Thread(target=executor.spin, name="executor", daemon=True)
     try:
         node = factory()
         executor.add_node(node)
-        while not stop.is_set():
-            executor.spin_once(timeout_sec=0.1)
+        spinner.start()
+        while not stop.wait(0.2):
+            if not spinner.is_alive():
+                break
     except ConfigError as error:
         print(f"{sys.argv[0]}: error: {error}", file=sys.stderr)
         return 2
@@ -189,6 +195,8 @@ def spin_node(factory: Callable[[], Node], executor_threads: int = 2) -> int:
         if node is not None:
             node.close()
         executor.shutdown()
+        if spinner.is_alive():
+            spinner.join(timeout=2.0)
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()

@@ -100,7 +100,13 @@ def latency_figures(record: RunRecord, period: float) -> dict:
 
 
 class GraphRunner:
-    def __init__(self, config_path: Path, arguments: LaunchArguments, overrides: dict) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        arguments: LaunchArguments,
+        overrides: dict,
+        domain_id: int | None = None,
+    ) -> None:
         self.config_path = config_path
         self.config: RuntimeConfig = load_runtime_config(config_path)
         self.nodes = pnp_milk_graph(arguments)
@@ -108,6 +114,9 @@ class GraphRunner:
         self.overrides = overrides
         self.processes: dict[str, subprocess.Popen] = {}
         self.log_dir: Path | None = None
+        # A ROS domain of its own keeps this graph apart from any other on the machine (and
+        # one test's graph from the next one's processes while they exit).
+        self.domain_id = domain_id
         self.record = RunRecord()
         self._lock = threading.Lock()
 
@@ -128,10 +137,16 @@ class GraphRunner:
         log = open(log_dir / f"{name}.log", "a")  # noqa: SIM115 - lives with the process
         self.processes[name] = subprocess.Popen(
             node_command(spec, self.config_path, self.overrides),
-            env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
+            env=self.environment(),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+
+    def environment(self) -> dict[str, str]:
+        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+        if self.domain_id is not None:
+            env["ROS_DOMAIN_ID"] = str(self.domain_id)
+        return env
 
     def last_words(self, name: str, lines: int = 3) -> str:
         """The end of a node's log, to say why it failed."""
@@ -247,7 +262,7 @@ class GraphRunner:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
 
-        rclpy.init()
+        rclpy.init(domain_id=self.domain_id)
         node = rclpy.create_node("onedp_run")
         executor = SingleThreadedExecutor()
         executor.add_node(node)

@@ -34,6 +34,7 @@ class DeadlineLoop:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._ticks: list[float] = []
+        self._step_durations: list[float] = []
         self._history = history
         self.missed_deadlines = 0
         self.error: BaseException | None = None
@@ -65,9 +66,10 @@ class DeadlineLoop:
                     skipped = int((now - deadline) // self.period_s)
                     self.missed_deadlines += skipped
                     deadline += skipped * self.period_s
+                self._step(now)
                 if len(self._ticks) < self._history:
                     self._ticks.append(now)
-                self._step(now)
+                    self._step_durations.append(self._clock() - now)
                 deadline += self.period_s
         except Exception as error:  # the loop ends; its owner decides what that means
             self.error = error
@@ -76,14 +78,17 @@ class DeadlineLoop:
 
     def stats(self) -> dict[str, float | int]:
         """Tick period statistics so far: median, p99 and max absolute error against the
-        nominal period (ms), and missed deadlines."""
+        nominal period (ms), missed deadlines, and how long the step itself took (ms)."""
         ticks = np.asarray(self._ticks)
         if ticks.size < 2:
             return {"ticks": int(ticks.size), "missed_deadlines": self.missed_deadlines}
         periods = np.diff(ticks)
         errors = np.abs(periods - self.period_s) * 1e3
+        steps = np.asarray(self._step_durations) * 1e3
         return {
             "ticks": int(ticks.size),
+            "step_median_ms": round(float(np.median(steps)), 3),
+            "step_p99_ms": round(float(np.percentile(steps, 99)), 3),
             "period_median_ms": round(float(np.median(periods) * 1e3), 3),
             "period_error_p99_ms": round(float(np.percentile(errors, 99)), 3),
             "period_error_max_ms": round(float(errors.max()), 3),

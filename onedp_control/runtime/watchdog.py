@@ -42,9 +42,9 @@ FUTURE_TOLERANCE_MS = 20.0
 @dataclass(frozen=True)
 class LatencyLimits:
     observation_age_ms: float = 150.0
-    camera_skew_ms: float = 50.0
+    camera_skew_ms: float = 75.0
     inference_ms: float = 100.0
-    chunk_age_ms: float = 700.0
+    chunk_age_ms: float = 1000.0
     command_period_ms: float = 100.0
     robot_state_age_ms: float = 150.0
     recover_after_s: float = 1.0
