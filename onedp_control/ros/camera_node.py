@@ -10,15 +10,19 @@ a moving test pattern instead, through the same code from the SDK on (onedp_cont
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo as CameraInfoMessage
+from sensor_msgs.msg import Image
 
 from onedp_control.cameras.realsense import CameraConfig, CameraError, CameraFrame, RealSenseCameras
 from onedp_control.cameras.software import SoftwareCameraRig
+from onedp_control.errors import ConfigError
 from onedp_control.ros.common import (
     SENSOR_QOS,
     FaultSwitches,
@@ -46,6 +50,7 @@ class CameraNode(LifecycleNode):
         self.params, shared = declare_params(self, CameraParams)
         self.faults = FaultSwitches(self, shared.fault_injection)
         self.cameras: RealSenseCameras | None = None
+        self.calibration: dict[str, CameraInfoMessage] = {}
         self.rig: SoftwareCameraRig | None = None
         self.poll_loop: DeadlineLoop | None = None
         self.feed_loop: DeadlineLoop | None = None
@@ -56,7 +61,9 @@ class CameraNode(LifecycleNode):
             for c in CAMERAS
         }
         self.infos = {
-            c: self.create_publisher(CameraInfo, CAMERA_INFO_TOPIC.format(camera=c), SENSOR_QOS)
+            c: self.create_publisher(
+                CameraInfoMessage, CAMERA_INFO_TOPIC.format(camera=c), SENSOR_QOS
+            )
             for c in CAMERAS
         }
 
@@ -77,11 +84,50 @@ class CameraNode(LifecycleNode):
             for name in CAMERAS
         ]
 
+    def load_calibration(self, configs: list[CameraConfig]) -> dict[str, CameraInfoMessage]:
+        """Each camera's CameraInfo from `calibration_dir/<serial>.yaml`, scaled to the published
+        image size; ConfigError naming the file when one is missing or malformed."""
+        from onedp_control.calibration.intrinsics import load_camera_info
+
+        infos = {}
+        for config in configs:
+            path = Path(self.params.calibration_dir) / f"{config.serial}.yaml"
+            if not path.is_file():
+                raise ConfigError(f"{path}: no calibration for camera '{config.name}'")
+            calibration = load_camera_info(path)
+            if (calibration.width, calibration.height) != (config.width, config.height):
+                raise ConfigError(
+                    f"{path}: calibrated at {calibration.width}x{calibration.height}, the "
+                    f"camera streams {config.width}x{config.height}"
+                )
+            scale = np.diag(
+                [
+                    self.params.image_width / config.width,
+                    self.params.image_height / config.height,
+                    1.0,
+                ]
+            )
+            matrix = scale @ calibration.camera_matrix
+            info = CameraInfoMessage()
+            info.height, info.width = self.params.image_height, self.params.image_width
+            info.distortion_model = calibration.distortion_model
+            info.d = [float(v) for v in calibration.distortion_coefficients]
+            info.k = [float(v) for v in matrix.ravel()]
+            info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+            info.p = [float(v) for v in np.hstack([matrix, np.zeros((3, 1))]).ravel()]
+            infos[config.name] = info
+        return infos
+
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         configs = self.configs()
         missing = [c.name for c in configs if not c.serial]
         if missing:
             self.get_logger().error(f"no serial for camera(s) {missing}: set <name>_serial")
+            return TransitionCallbackReturn.FAILURE
+        try:
+            self.calibration = self.load_calibration(configs) if self.params.calibration_dir else {}
+        except ConfigError as error:
+            self.get_logger().error(str(error))
             return TransitionCallbackReturn.FAILURE
         try:
             if self.params.source == "software":
@@ -132,7 +178,7 @@ class CameraNode(LifecycleNode):
         if frame.camera == "wrist":
             stamp -= float(self.faults.get("wrist_lag_s", 0.0))
         self.images[frame.camera].publish(image_message(frame.rgb, stamp, f"{frame.camera}_camera"))
-        info = CameraInfo()
+        info = copy.deepcopy(self.calibration.get(frame.camera)) or CameraInfoMessage()
         info.header.stamp = to_stamp(stamp)
         info.header.frame_id = f"{frame.camera}_camera"
         info.height, info.width = frame.rgb.shape[:2]

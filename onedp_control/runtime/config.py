@@ -47,6 +47,9 @@ class CameraParams:
     fps: int = 30
     image_height: int = 120  # ... resized to this
     image_width: int = 160
+    # `onedp calibrate intrinsics` output, <calibration_dir>/<serial>.yaml per camera; empty:
+    # camera_info carries the image size only.
+    calibration_dir: str = ""
 
 
 @dataclass(frozen=True)
