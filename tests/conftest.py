@@ -127,3 +127,21 @@ def ros_domain():
 
 
 _DOMAINS = __import__("itertools").count()
+
+
+_EXIT_STATUS: list[int] = []
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    _EXIT_STATUS.append(int(exitstatus))
+
+
+def pytest_unconfigure(config) -> None:
+    """Leave without the interpreter's teardown once pytest has reported: a CI run of the whole
+    suite ended in a segmentation fault after its summary, in a C extension's destructor at
+    exit (offscreen GL contexts, librealsense and DDS participants are all alive by then), and
+    turned a passing run into a failing exit status."""
+    if _EXIT_STATUS:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_EXIT_STATUS[-1])
