@@ -11,32 +11,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from onedp_control.argtypes import non_negative_float, positive_int
 from onedp_control.errors import ConfigError
 from onedp_control.sim.tasks import TASKS
 
 
 class CliError(Exception):
     """A user error: printed as one line, exit status 2."""
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
 
 
 def _add_task(parser: argparse.ArgumentParser, default: str | None = None) -> None:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from onedp_control.argtypes import non_negative_float, positive_float, positive_int
 from onedp_control.errors import ConfigError
 from onedp_control.files import check_output_path
 
@@ -31,48 +32,18 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 DEFAULT_EYE_IN_HAND_PIVOT_M = 0.4
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
 def _add_stream_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--width", type=_positive_int, default=640, help="colour profile width")
-    parser.add_argument("--height", type=_positive_int, default=480, help="... height")
-    parser.add_argument("--fps", type=_positive_int, default=30, help="... frame rate")
+    parser.add_argument("--width", type=positive_int, default=640, help="colour profile width")
+    parser.add_argument("--height", type=positive_int, default=480, help="... height")
+    parser.add_argument("--fps", type=positive_int, default=30, help="... frame rate")
 
 
 def _add_board_options(parser: argparse.ArgumentParser) -> None:
     board = parser.add_argument_group("ChArUco board (measure the print: printers scale)")
-    board.add_argument("--squares-x", type=_positive_int, default=7, help="squares across")
-    board.add_argument("--squares-y", type=_positive_int, default=5, help="squares down")
-    board.add_argument("--square-mm", type=_positive_float, default=40.0, help="square side")
-    board.add_argument("--marker-mm", type=_positive_float, default=30.0, help="marker side")
+    board.add_argument("--squares-x", type=positive_int, default=7, help="squares across")
+    board.add_argument("--squares-y", type=positive_int, default=5, help="squares down")
+    board.add_argument("--square-mm", type=positive_float, default=40.0, help="square side")
+    board.add_argument("--marker-mm", type=positive_float, default=30.0, help="marker side")
     board.add_argument(
         "--dictionary", default="DICT_5X5_100", help="ArUco dictionary (default DICT_5X5_100)"
     )
@@ -126,7 +97,7 @@ def add_calibrate_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     intrinsics.add_argument(
         "--max-rms-px",
-        type=_positive_float,
+        type=positive_float,
         default=1.0,
         help="refuse a fit with a larger reprojection RMS",
     )
@@ -154,13 +125,13 @@ def add_calibrate_parser(subparsers: argparse._SubParsersAction) -> None:
     handeye.add_argument("--out", type=Path, required=True, help="hand-eye YAML to write")
     handeye.add_argument(
         "--max-translation-mm",
-        type=_positive_float,
+        type=positive_float,
         default=5.0,
         help="refuse above this RMS board position residual (default 5)",
     )
     handeye.add_argument(
         "--max-rotation-deg",
-        type=_positive_float,
+        type=positive_float,
         default=1.0,
         help="refuse above this RMS board rotation residual (default 1)",
     )
@@ -184,10 +155,10 @@ def add_calibrate_parser(subparsers: argparse._SubParsersAction) -> None:
     capture.add_argument("--serial", required=True, help="serial of the camera to calibrate")
     capture.add_argument("--mode", required=True, choices=MODES)
     capture.add_argument("--out", type=Path, required=True, help="samples directory to create")
-    capture.add_argument("--poses", type=_positive_int, default=13, help="poses, the start one too")
+    capture.add_argument("--poses", type=positive_int, default=13, help="poses, the start one too")
     capture.add_argument(
         "--tilt-deg",
-        type=_positive_float,
+        type=positive_float,
         nargs=2,
         default=(15.0, 25.0),
         metavar=("LOW", "HIGH"),
@@ -195,7 +166,7 @@ def add_calibrate_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     capture.add_argument(
         "--pivot-m",
-        type=_non_negative_float,
+        type=non_negative_float,
         help="tilt about a point this far ahead of the gripper along its z axis (default: "
         f"{DEFAULT_EYE_IN_HAND_PIVOT_M} for eye-in-hand, set it to the camera-to-board distance; "
         "0 for eye-to-hand)",
@@ -204,17 +175,17 @@ def add_calibrate_parser(subparsers: argparse._SubParsersAction) -> None:
     _add_board_options(capture)
     capture.add_argument(
         "--dynamics-factor",
-        type=_positive_float,
+        type=positive_float,
         default=0.1,
         help="fraction of the robot's velocity, acceleration and jerk limits (default 0.1)",
     )
     capture.add_argument(
         "--settle-s",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=0.5,
         help="wait this long at each pose before taking the image (default 0.5)",
     )
-    capture.add_argument("--timeout-s", type=_positive_float, default=30.0, help="per pose")
+    capture.add_argument("--timeout-s", type=positive_float, default=30.0, help="per pose")
     capture.add_argument("--yes", action="store_true", help="start without asking")
     capture.add_argument("--overwrite", action="store_true", help="replace an existing directory")
     capture.set_defaults(func=cmd_calibrate_capture)
