@@ -12,7 +12,23 @@ from pathlib import Path
 
 import pytest
 
+from onedp_control.config import from_dict
+from onedp_control.policies.diffusion import ModelConfig
 from onedp_control.sim.world import PnpMilkWorld
+
+# The smallest model the learning, engine and runtime tests build: as a config file spells it
+# (lists), and as the ModelConfig it becomes.
+TINY_MODEL_FIELDS = {
+    "resize": [36, 48],
+    "image_size": [32, 44],
+    "vision_width": 8,
+    "keypoints": 8,
+    "feature_dim": 16,
+    "down_dims": [16, 32],
+    "step_embed_dim": 16,
+    "groups": 4,
+}
+TINY_MODEL = from_dict(ModelConfig, TINY_MODEL_FIELDS, "tests/conftest.py")
 
 
 @pytest.fixture(scope="module")
@@ -38,21 +54,11 @@ def write_tiny_model(path: Path, home=HOME_ACTION) -> Path:
     import torch
 
     from onedp_control.learning.checkpoint import model_payload, save_checkpoint
-    from onedp_control.policies.diffusion import DiffusionPolicy, ModelConfig
+    from onedp_control.policies.diffusion import DiffusionPolicy
     from onedp_control.policies.onedp import OneDPConfig
 
-    tiny = ModelConfig(
-        resize=(36, 48),
-        image_size=(32, 44),
-        vision_width=8,
-        keypoints=8,
-        feature_dim=16,
-        down_dims=(16, 32),
-        step_embed_dim=16,
-        groups=4,
-    )
     torch.manual_seed(0)
-    model = DiffusionPolicy(tiny)
+    model = DiffusionPolicy(TINY_MODEL)
     # Normalised actions in [-1, 1] map to home +- 2 cm (and +- 0.02 on the other dims).
     model.normalizer.action_scale.fill_(50.0)
     model.normalizer.action_offset.copy_(-50.0 * torch.tensor(home, dtype=torch.float32))

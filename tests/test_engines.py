@@ -25,20 +25,11 @@ from onedp_control.engines.export import export_onnx, graph_path
 from onedp_control.engines.tensorrt_backend import prepare_build
 from onedp_control.errors import ConfigError
 from onedp_control.learning.checkpoint import model_payload, save_checkpoint
-from onedp_control.policies.diffusion import DiffusionPolicy, ModelConfig
+from onedp_control.policies.diffusion import DiffusionPolicy
 from onedp_control.policies.learned import LearnedPolicy
 from onedp_control.policies.onedp import OneDPConfig
+from tests.conftest import TINY_MODEL as TINY
 
-TINY = ModelConfig(
-    resize=(36, 48),
-    image_size=(32, 44),
-    vision_width=8,
-    keypoints=8,
-    feature_dim=16,
-    down_dims=(16, 32),
-    step_embed_dim=16,
-    groups=4,
-)
 STATE = np.array([[0.4, 0.0, 0.3, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.08]], np.float32)
 
 

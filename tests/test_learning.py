@@ -21,19 +21,9 @@ from onedp_control.learning.data import TrainingWindows
 from onedp_control.learning.train import TrainConfig
 from onedp_control.policies.diffusion import DiffusionPolicy, ModelConfig, Normalizer, Sampler
 from onedp_control.policies.learned import load_policy
+from tests.conftest import TINY_MODEL_FIELDS as TINY
 
 pytestmark = pytest.mark.slow
-
-TINY = {
-    "resize": [36, 48],
-    "image_size": [32, 44],
-    "vision_width": 8,
-    "keypoints": 8,
-    "feature_dim": 16,
-    "down_dims": [16, 32],
-    "step_embed_dim": 16,
-    "groups": 4,
-}
 
 
 @pytest.fixture(scope="module")

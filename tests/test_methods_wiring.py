@@ -24,19 +24,10 @@ from onedp_control.policies.diffusion import DiffusionPolicy, ModelConfig
 from onedp_control.policies.ofp import OneStepFlowPolicy
 from onedp_control.policies.two_time import TwoTimePolicy
 from onedp_control.sim.tasks import TASKS
+from tests.conftest import TINY_MODEL_FIELDS as TINY
 
 pytestmark = pytest.mark.slow
 
-TINY = {
-    "resize": [36, 48],
-    "image_size": [32, 44],
-    "vision_width": 8,
-    "keypoints": 8,
-    "feature_dim": 16,
-    "down_dims": [16, 32],
-    "step_embed_dim": 16,
-    "groups": 4,
-}
 LOOP = {"batch_size": 4, "checkpoint_every": 2, "threads": 1}
 # Distillation settings small enough for seconds: IMLE's teacher sets of 2 chunks, 2 steps.
 DISTILL = {"imle": {"teacher_set_size": 2, "hypotheses": 2, "teacher_steps": 2}}

@@ -119,18 +119,10 @@ def assert_onedp_format(dataset: Dataset, episodes: int) -> None:
 def assert_trains(path: Path) -> None:
     """TrainingWindows builds a normalised batch from the dataset (what `onedp train` does)."""
     from onedp_control.learning.data import TrainingWindows
-    from onedp_control.policies.diffusion import ModelConfig, Normalizer
+    from onedp_control.policies.diffusion import Normalizer
+    from tests.conftest import TINY_MODEL
 
-    config = ModelConfig(
-        resize=(36, 48),
-        image_size=(32, 44),
-        vision_width=8,
-        keypoints=8,
-        feature_dim=16,
-        down_dims=(16, 32),
-        step_embed_dim=16,
-        groups=4,
-    )
+    config = TINY_MODEL
     windows = TrainingWindows(Dataset(path), config)
     normalizer = Normalizer(10, 10)
     windows.fit_normalizer(normalizer)
