@@ -1,5 +1,7 @@
 """pnp_milk controller: `ros2 launch onedp_control pnp_milk.launch.py [sim:=true] [engine:=FILE]
-[config:=FILE] [front_serial:=S] [wrist_serial:=S] [robot_host:=HOST]`.
+[config:=FILE] [front_serial:=S] [wrist_serial:=S] [robot_host:=HOST]`; with `record:=true
+[dataset:=DIR]` a teleop device drives the robot instead of the policy and the recorder writes
+demonstrations (services /recorder/start, /recorder/stop, /recorder/discard).
 
 The nodes, their executables, parameters and lifecycle come from
 onedp_control.runtime.graph.pnp_milk_graph, the definition `onedp run` reads too. Lifecycle
@@ -29,6 +31,8 @@ ARGUMENTS = {
     "front_serial": ("", "serial number of the front D415"),
     "wrist_serial": ("", "serial number of the wrist D435"),
     "robot_host": ("", "the robot's address; empty: the config file's"),
+    "record": ("false", "true: record teleoperated demonstrations instead of running the policy"),
+    "dataset": ("", "recording: the dataset directory; empty: the recorder's default"),
 }
 
 
@@ -48,6 +52,8 @@ def _nodes(context):
         front_serial=value["front_serial"],
         wrist_serial=value["wrist_serial"],
         robot_host=value["robot_host"],
+        record=value["record"].lower() in ("true", "1", "yes"),
+        dataset=value["dataset"],
     )
     actions = []
     for spec in pnp_milk_graph(arguments):

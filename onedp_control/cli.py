@@ -48,6 +48,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
         keep_failures=args.keep_failures,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        perturb=args.perturb,
     )
     print(
         f"wrote {report.episodes} episodes ({report.steps} steps) to {report.path}; "
@@ -234,6 +235,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_run(args)
 
 
+def cmd_record(args: argparse.Namespace) -> int:
+    from onedp_control.resources import share_file
+    from onedp_control.ros.runner import GraphRunner
+    from onedp_control.runtime.graph import LaunchArguments
+
+    config = args.config or share_file(f"config/{args.task}.yaml")
+    arguments = LaunchArguments(
+        config=str(config),
+        sim=args.sim,
+        front_serial=args.front_serial,
+        wrist_serial=args.wrist_serial,
+        robot_host=args.robot_host,
+        record=True,
+        dataset=str(args.dataset.resolve()),
+    )
+    # The operator says when an episode starts and ends; the sim cell runs one long episode.
+    runner = GraphRunner(Path(config), arguments, {"sim": {"time_limit_s": 3600.0}})
+    print(
+        f"onedp record: recording into {args.dataset}; drive the robot with a teleop publishing "
+        "/teleop/target_pose and /teleop/gripper_width; `ros2 service call /recorder/start "
+        "std_srvs/srv/Trigger` (then /recorder/stop or /recorder/discard); Ctrl-C ends"
+    )
+    runner.serve(args.log_dir)
+    return 0
+
+
 def _shipped_model() -> Path:
     from onedp_control.resources import share_file
 
@@ -316,6 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--seed", type=int, default=0, help="first world seed (default 0)")
     collect.add_argument(
         "--keep-failures", action="store_true", help="keep episodes the expert failed too"
+    )
+    collect.add_argument(
+        "--perturb",
+        action="store_true",
+        help="execute the expert's targets with noise, record its own targets (DART): "
+        "demonstrations of recovering from small errors",
     )
     collect.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     collect.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -426,6 +459,28 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("task", choices=["pnp_milk"], help="task whose graph to run")
     _add_graph_options(run)
     run.set_defaults(func=cmd_run)
+
+    record = sub.add_parser(
+        "record",
+        help="record teleoperated demonstrations into a dataset (ROS 2)",
+        description="Start the recording graph (`ros2 launch onedp_control <task>.launch.py "
+        "record:=true`): a teleop device drives the robot (or the sim) through the teleop node, "
+        "with the safety filter and watchdog of a policy run, and the recorder writes episodes "
+        "in the format `onedp collect` writes, on its start/stop/discard services.",
+    )
+    record.add_argument("task", choices=["pnp_milk"], help="task whose cell to record in")
+    record.add_argument(
+        "--dataset", type=Path, required=True, help="dataset directory (created, or appended to)"
+    )
+    record.add_argument("--config", type=Path, help="runtime params file")
+    record.add_argument(
+        "--sim", action="store_true", help="the MuJoCo cell instead of the robot and cameras"
+    )
+    record.add_argument("--front-serial", default="", help="D415 serial (real cell)")
+    record.add_argument("--wrist-serial", default="", help="D435 serial (real cell)")
+    record.add_argument("--robot-host", default="", help="robot address (real cell)")
+    record.add_argument("--log-dir", type=Path, help="write each node's output here")
+    record.set_defaults(func=cmd_record)
 
     faults = sub.add_parser(
         "faults",

@@ -10,8 +10,8 @@ from tqdm import tqdm
 from onedp_control.dataset import DatasetError, DatasetWriter, EpisodeBuffer
 from onedp_control.errors import ConfigError
 from onedp_control.files import check_output_path
-from onedp_control.policies.expert import ScriptedExpert
-from onedp_control.rollout import run_episode
+from onedp_control.policies.expert import PerturbedExpert, ScriptedExpert
+from onedp_control.rollout import StepCallback, run_episode
 from onedp_control.sim.world import PnpMilkWorld
 
 # An expert that fails more often than this is broken: stop rather than loop for ever.
@@ -35,11 +35,13 @@ def collect(
     keep_failures: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    perturb: bool = False,
 ) -> CollectReport:
     """Runs the expert on seeds seed, seed+1, ... until `episodes` demonstrations are kept.
 
     Failed attempts are discarded unless `keep_failures`. Nothing is written to `out` unless the
-    whole collection completes.
+    whole collection completes. `perturb`: the arm executes the expert's targets with noise and
+    the expert's own targets are recorded (`PerturbedExpert`).
     """
     if episodes < 1:
         raise ConfigError(f"--episodes must be a positive integer, got {episodes}")
@@ -50,12 +52,24 @@ def collect(
             attrs={
                 "task": world.task.name,
                 "control_rate_hz": world.task.control_rate_hz,
-                "source": "onedp collect (scripted expert)",
+                "source": "onedp collect (scripted expert"
+                + (", perturbed execution)" if perturb else ")"),
             },
             image_shape=(world.task.image_height, world.task.image_width),
             overwrite=overwrite,
         )
-        expert = ScriptedExpert(world)
+        if perturb:
+            perturbed = PerturbedExpert(world)
+            expert: ScriptedExpert | PerturbedExpert = perturbed
+
+            def record(episode: EpisodeBuffer) -> StepCallback:
+                return lambda observation, _: episode.add(observation, perturbed.clean_action)
+        else:
+            expert = ScriptedExpert(world)
+
+            def record(episode: EpisodeBuffer) -> StepCallback:
+                return episode.add
+
         attempts = steps = 0
         bar = tqdm(total=episodes, desc=f"collect {task}", unit="ep", disable=not progress)
         try:
@@ -66,7 +80,7 @@ def collect(
                         "episodes; nothing was written"
                     )
                 episode = EpisodeBuffer()
-                result = run_episode(world, expert, seed + attempts, on_step=episode.add)
+                result = run_episode(world, expert, seed + attempts, on_step=record(episode))
                 attempts += 1
                 if result.success or keep_failures:
                     writer.add_episode(episode, result.seed)

@@ -290,24 +290,23 @@ def ros_context(monkeypatch):
 
 class Teleop:
     """A test node in the operator's place: publishes teleop commands (and, for the synthetic
-    cell, the cameras and the robot state; for the sim, the chunks and watchdog permission that
-    make the sim robot follow the commands) and calls the recorder's services."""
+    cell, the cameras and the robot state; in the sim, the teleop node makes the robot follow
+    the commands) and calls the recorder's services."""
 
-    def __init__(self, bridge_to_sim: bool) -> None:
+    def __init__(self, in_sim: bool) -> None:
         import rclpy
         from geometry_msgs.msg import PoseStamped
         from rclpy.executors import SingleThreadedExecutor
         from sensor_msgs.msg import Image, JointState
-        from std_msgs.msg import Bool, Float64
-        from trajectory_msgs.msg import JointTrajectory
+        from std_msgs.msg import Float64
 
-        from onedp_control.ros.common import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS
+        from onedp_control.ros.common import SENSOR_QOS
         from onedp_control.runtime import graph
 
         self.node = rclpy.create_node("teleop_test")
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
-        self.bridge_to_sim = bridge_to_sim
+        self.in_sim = in_sim
         self.target = self.node.create_publisher(PoseStamped, graph.TELEOP_TARGET_TOPIC, 10)
         self.width = self.node.create_publisher(Float64, graph.TELEOP_GRIPPER_TOPIC, 10)
         self.images = {
@@ -316,8 +315,6 @@ class Teleop:
         }
         self.pose = self.node.create_publisher(PoseStamped, graph.EE_POSE_TOPIC, SENSOR_QOS)
         self.joints = self.node.create_publisher(JointState, graph.JOINT_STATES_TOPIC, SENSOR_QOS)
-        self.chunks = self.node.create_publisher(JointTrajectory, graph.CHUNK_TOPIC, RELIABLE_QOS)
-        self.hold = self.node.create_publisher(Bool, graph.HOLD_TOPIC, LATCHED_QOS)
         self.measured: np.ndarray | None = None  # the sim's first end-effector pose
         self.node.create_subscription(
             PoseStamped, graph.EE_POSE_TOPIC, self._on_measured, SENSOR_QOS
@@ -327,14 +324,14 @@ class Teleop:
         self._last_publish = 0.0
 
     def _on_measured(self, message) -> None:
-        if self.measured is None and self.bridge_to_sim:
+        if self.measured is None and self.in_sim:
             position, rot6d = recording.pose_arrays(message.pose)
             self.measured = np.concatenate([position, rot6d])
 
     def command_at(self, now: float) -> np.ndarray:
         """A slow move from the start pose (the sim's, or the synthetic cell's): 5 cm forward
         and down over 2 s, closing the gripper from 8 to 4 cm."""
-        start = self.measured if self.bridge_to_sim else SYNTHETIC_START
+        start = self.measured if self.in_sim else SYNTHETIC_START
         progress = float(np.clip((now - self.started) / 2.0, 0.0, 1.0))
         position = start[:3] + progress * np.array([0.05, 0.0, -0.05])
         return np.concatenate([position, start[3:9], [0.08 - 0.04 * progress]])
@@ -342,12 +339,11 @@ class Teleop:
     def publish(self, now: float) -> None:
         from geometry_msgs.msg import PoseStamped
         from sensor_msgs.msg import JointState
-        from std_msgs.msg import Bool, Float64
+        from std_msgs.msg import Float64
 
-        from onedp_control.ros.common import chunk_message, image_message, to_stamp
-        from onedp_control.runtime.chunks import ActionChunk
+        from onedp_control.ros.common import image_message, to_stamp
 
-        if self.bridge_to_sim and self.measured is None:
+        if self.in_sim and self.measured is None:
             return  # the teleop starts from where the robot is
         command = self.command_at(now)
         self.commanded.append((now, command))
@@ -358,10 +354,7 @@ class Teleop:
         o.w, o.x, o.y, o.z = (float(v) for v in quat_from_matrix(matrix_from_rot6d(command[3:9])))
         self.target.publish(target)
         self.width.publish(Float64(data=float(command[9])))
-        if self.bridge_to_sim:
-            chunk = ActionChunk(now, 0.05, np.tile(command, (16, 1)))
-            self.chunks.publish(chunk_message(chunk))
-            self.hold.publish(Bool(data=False))
+        if self.in_sim:
             return
         for camera, colour in (("front", FRONT_COLOUR), ("wrist", WRIST_COLOUR)):
             rgb = np.empty((240, 320, 3), np.uint8)
@@ -430,17 +423,15 @@ class Teleop:
 
 
 def recorder_graph(dataset: Path, sim: bool):
+    """The recording graph (`onedp record --sim`: teleop, watchdog, recorder, sim), or the
+    recorder alone for the synthetic cell the test publishes itself."""
     from onedp_control.ros.runner import GraphRunner
-    from onedp_control.runtime.graph import LaunchArguments, node_spec
+    from onedp_control.runtime.graph import LaunchArguments
 
-    runner = GraphRunner(
-        CONFIG,
-        LaunchArguments(config=str(CONFIG), sim=True),
-        {"sim": {"episodes": 1, "time_limit_s": 120.0}, "recorder": {"dataset": str(dataset)}},
-    )
-    runner.nodes = [node_spec("recorder", False, {})]
-    if sim:
-        runner.nodes.append(node_spec("sim", True, {}))
+    arguments = LaunchArguments(config=str(CONFIG), sim=True, record=True, dataset=str(dataset))
+    runner = GraphRunner(CONFIG, arguments, {"sim": {"episodes": 1, "time_limit_s": 120.0}})
+    if not sim:
+        runner.nodes = [spec for spec in runner.nodes if spec.name == "recorder"]
     return runner
 
 
@@ -450,7 +441,7 @@ def test_a_recorded_teleoperated_sim_run_is_a_dataset_that_trains(ros_context, t
 
     path = tmp_path / "teleop.zarr"
     runner = recorder_graph(path, sim=True)
-    teleop = Teleop(bridge_to_sim=True)
+    teleop = Teleop(in_sim=True)
     runner.start(tmp_path / "logs")
     try:
         runner.bring_up(teleop.node, teleop.executor)
@@ -500,7 +491,7 @@ def test_a_crash_mid_episode_keeps_the_saved_episodes_and_discard_drops(ros_cont
 
     path = tmp_path / "teleop.zarr"
     runner = recorder_graph(path, sim=False)
-    teleop = Teleop(bridge_to_sim=False)
+    teleop = Teleop(in_sim=False)
     teleop.started = time.time()
     runner.start(tmp_path / "logs")
     try:

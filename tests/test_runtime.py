@@ -4,6 +4,7 @@ the runtime config and the node graph."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from onedp_control.runtime.observations import ObservationAssembler, RobotSample
 from onedp_control.runtime.rate_loop import DeadlineLoop
 from onedp_control.runtime.ring_buffer import StampedRing
 from onedp_control.runtime.safety import SafetyFilter, SafetyLimits
+from onedp_control.runtime.teleop import TeleopCommands, TeleopParams
 from onedp_control.runtime.watchdog import METRICS, Fault, LatencyLimits, Watchdog
 from onedp_control.sim.world import PnpMilkWorld
 
@@ -291,6 +293,38 @@ def test_graph_is_the_same_definition_for_sim_and_real():
     for node in real.values():
         assert node.executable == f"{node.name}_node"
         assert node.module == f"onedp_control.ros.{node.name}_node"
+
+
+def test_recording_swaps_the_policy_for_teleop_and_recorder_and_keeps_the_robot_side():
+    real = LaunchArguments(config="c.yaml", front_serial="123", robot_host="10.0.0.2")
+    recording = dataclasses.replace(real, record=True, dataset="data/demos.zarr")
+    nodes = {n.name: n for n in pnp_milk_graph(recording)}
+    assert set(nodes) == {"teleop", "watchdog", "recorder", "camera", "robot"}
+    assert nodes["recorder"].parameters == {"dataset": "data/demos.zarr"}
+    robot_side = {n.name: n for n in pnp_milk_graph(real) if n.name in ("camera", "robot")}
+    assert {name: nodes[name] for name in robot_side} == robot_side
+    sim = {n.name for n in pnp_milk_graph(dataclasses.replace(recording, sim=True))}
+    assert sim == {"teleop", "watchdog", "recorder", "sim"}
+
+
+def test_teleop_commands_become_held_chunks_only_while_fresh():
+    commands = TeleopCommands(TeleopParams(command_timeout_s=0.5), period_s=0.05)
+    start = np.concatenate([[0.4, 0.1, 0.3], rot6d_from_matrix(np.diag([1.0, -1.0, -1.0]))])
+    assert commands.chunk(10.0) is None, "nothing before a command"
+    commands.set_pose(start[:3], start[3:], received=10.0)
+    assert commands.chunk(10.1) is None, "a pose without a gripper width is not a command"
+    commands.set_gripper_width(0.05)
+    chunk = commands.chunk(10.2)
+    assert chunk.stamp == 10.0 and chunk.period == 0.05 and chunk.actions.shape == (16, 10)
+    assert np.allclose(chunk.actions, np.concatenate([start, [0.05]]))
+    assert commands.chunk(10.51) is None, "a stale command is not executed"
+    with pytest.raises(ValueError, match="finite"):
+        commands.set_pose([np.nan, 0.0, 0.3], start[3:], received=11.0)
+    with pytest.raises(ValueError, match="finite"):
+        commands.set_gripper_width(float("inf"))
+    assert commands.chunk(10.3) is not None, "a refused command leaves the last good one"
+    with pytest.raises(ConfigError, match="command_timeout_s"):
+        TeleopParams(command_timeout_s=0.0).validate("node teleop")
 
 
 def test_the_launch_file_is_valid_python_built_on_the_graph():

@@ -9,6 +9,11 @@ tries again. Phases:
 
 A carton that slips away before it is held, or is missing between the fingers after closing
 or while carried, sends the expert back to `approach`.
+
+`PerturbedExpert` makes demonstrations that teach recovery (DART, Laskey et al. 2017): the arm
+executes the expert's target plus slowly varying noise, while the dataset records the expert's
+own target. The expert re-plans from where the arm really is, so the recorded actions lead back
+from states a clean run never visits -- the states a learned policy's small errors put it in.
 """
 
 from __future__ import annotations
@@ -18,7 +23,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onedp_control.geometry import rotation_z, wrap_angle, yaw_of
+from onedp_control.geometry import (
+    matrix_from_rot6d,
+    rot6d_from_matrix,
+    rotation_z,
+    wrap_angle,
+    yaw_of,
+)
 from onedp_control.sim.world import OPEN_WIDTH, Observation, PnpMilkWorld, make_action
 
 
@@ -156,3 +167,62 @@ class ScriptedExpert:
 
     def _yaw_reached(self, yaw: float) -> bool:
         return abs(wrap_angle(yaw - self._target_yaw)) < 1e-3
+
+
+@dataclass(frozen=True)
+class PerturbationConfig:
+    position_std_m: float = 0.015  # stationary std of the executed target's offset, per axis
+    yaw_std_rad: float = 0.08
+    correlation_s: float = 0.5  # how long an offset lasts (Ornstein-Uhlenbeck time constant)
+    # Phases the offset is scaled in: none while the fingers act (a push there would knock the
+    # carton, not teach anything), half near the carton and the bin, full while travelling.
+    phase_scale: tuple[tuple[str, float], ...] = (
+        ("close", 0.0),
+        ("release", 0.0),
+        ("descend", 0.5),
+        ("lower", 0.5),
+    )
+
+
+class PerturbedExpert:
+    """The scripted expert, executed with noise; `clean_action` is what the dataset records."""
+
+    name = "expert (perturbed)"
+    obs_horizon = 1
+    action_steps = 1
+    sampler = None
+    backend = None
+
+    def __init__(
+        self,
+        world: PnpMilkWorld,
+        config: PerturbationConfig | None = None,
+        expert: ScriptedExpert | None = None,
+    ) -> None:
+        self.world = world
+        self.config = config or PerturbationConfig()
+        self.expert = expert or ScriptedExpert(world)
+        self.clean_action: np.ndarray | None = None
+        self._offset = np.zeros(4)  # x, y, z, yaw
+        self._rng = np.random.default_rng(0)
+
+    def reset(self) -> None:
+        self.expert.reset()
+        # The world's seed also seeds the noise: a demonstration is reproducible from its seed.
+        self._rng = np.random.default_rng(self.world.seed)
+        self._offset = np.zeros(4)
+        self.clean_action = None
+
+    def predict_chunk(self, history: Sequence[Observation]) -> np.ndarray:
+        cfg = self.config
+        clean = self.expert.predict_chunk(history)[0]
+        self.clean_action = clean
+        decay = float(np.exp(-self.world.task.control_period_s / cfg.correlation_s))
+        std = np.array([cfg.position_std_m] * 3 + [cfg.yaw_std_rad])
+        self._offset = decay * self._offset + np.sqrt(1 - decay**2) * std * self._rng.normal(size=4)
+        scale = dict(cfg.phase_scale).get(self.expert.phase, 1.0)
+        offset = scale * self._offset
+        rotation = rotation_z(offset[3]) @ matrix_from_rot6d(clean[3:9])
+        return np.concatenate([clean[:3] + offset[:3], rot6d_from_matrix(rotation), clean[9:]])[
+            None, :
+        ]

@@ -61,6 +61,10 @@ class LaunchArguments:
     front_serial: str = ""
     wrist_serial: str = ""
     robot_host: str = ""
+    # Record demonstrations instead of running a policy: a teleop device drives the robot
+    # through the teleop node, the recorder writes episodes into `dataset`.
+    record: bool = False
+    dataset: str = ""  # empty: the recorder's default
 
 
 def node_spec(name: str, lifecycle: bool, parameters: dict) -> NodeSpec:
@@ -74,8 +78,19 @@ def node_spec(name: str, lifecycle: bool, parameters: dict) -> NodeSpec:
 
 
 def pnp_milk_graph(args: LaunchArguments) -> list[NodeSpec]:
-    """Policy and watchdog, plus either the MuJoCo cell (sim) or the cameras and the robot."""
-    nodes = [node_spec("policy", False, {"engine": args.engine}), node_spec("watchdog", False, {})]
+    """Policy and watchdog (or, recording, teleop, watchdog and recorder), plus either the
+    MuJoCo cell (sim) or the cameras and the robot."""
+    if args.record:
+        nodes = [
+            node_spec("teleop", False, {}),
+            node_spec("watchdog", False, {}),
+            node_spec("recorder", False, {"dataset": args.dataset}),
+        ]
+    else:
+        nodes = [
+            node_spec("policy", False, {"engine": args.engine}),
+            node_spec("watchdog", False, {}),
+        ]
     if args.sim:
         nodes.append(node_spec("sim", True, {}))
     else:
