@@ -82,7 +82,16 @@ setup(
             # The ROS 2 executables (lib/onedp_control/<name>_node, what `ros2 run` starts).
             *(
                 f"{node}_node = onedp_control.ros.{node}_node:main"
-                for node in ("camera", "policy", "recorder", "robot", "sim", "teleop", "watchdog")
+                for node in (
+                    "calibration",
+                    "camera",
+                    "policy",
+                    "recorder",
+                    "robot",
+                    "sim",
+                    "teleop",
+                    "watchdog",
+                )
             ),
         ]
     },

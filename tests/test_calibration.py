@@ -702,3 +702,137 @@ def test_example_camera_info_files_load(name):
 )
 def test_example_handeye_files_load(name, mode):
     assert load_handeye(ROOT / "calibration" / name).mode == mode
+
+
+# ----------------------------------------------------------------------------- over ROS 2
+class BoardCell:
+    """The test in the cell's place for the calibration node: publishes the wrist camera's
+    rendered board view, its CameraInfo and the measured gripper pose, and calls the node's
+    services."""
+
+    def __init__(self) -> None:
+        import rclpy
+        from geometry_msgs.msg import PoseStamped
+        from rclpy.executors import SingleThreadedExecutor
+        from sensor_msgs.msg import CameraInfo as CameraInfoMessage
+        from sensor_msgs.msg import Image
+
+        from onedp_control.ros.common import SENSOR_QOS
+        from onedp_control.runtime.graph import CAMERA_INFO_TOPIC, EE_POSE_TOPIC, IMAGE_TOPIC
+
+        self.node = rclpy.create_node("board_cell")
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.node)
+        topic = {"camera": "wrist"}
+        self.image = self.node.create_publisher(Image, IMAGE_TOPIC.format(**topic), SENSOR_QOS)
+        self.info = self.node.create_publisher(
+            CameraInfoMessage, CAMERA_INFO_TOPIC.format(**topic), SENSOR_QOS
+        )
+        self.pose = self.node.create_publisher(PoseStamped, EE_POSE_TOPIC, SENSOR_QOS)
+
+    def wait_for_the_node(self, timeout: float = 60.0) -> None:
+        """Until the node listens to all three topics: a view published before is lost."""
+        import time
+
+        deadline = time.time() + timeout
+        publishers = (self.image, self.info, self.pose)
+        while not all(p.get_subscription_count() > 0 for p in publishers):
+            assert time.time() < deadline, "the calibration node never subscribed"
+            self.executor.spin_once(timeout_sec=0.1)
+
+    def show(self, rgb: np.ndarray, gripper: np.ndarray, stamp: float) -> None:
+        """Publishes the view and the pose a few times (best-effort QoS), then lets them land."""
+        from geometry_msgs.msg import PoseStamped
+        from sensor_msgs.msg import CameraInfo as CameraInfoMessage
+
+        from onedp_control.geometry import quat_from_matrix
+        from onedp_control.ros.common import image_message, to_stamp
+
+        info = CameraInfoMessage(width=SIZE[0], height=SIZE[1], distortion_model="plumb_bob")
+        info.header.stamp, info.header.frame_id = to_stamp(stamp), "wrist_camera"
+        info.k, info.d = CAMERA_MATRIX.ravel().tolist(), DISTORTION.tolist()
+        pose = PoseStamped()
+        pose.header.stamp = to_stamp(stamp)
+        p, o = pose.pose.position, pose.pose.orientation
+        p.x, p.y, p.z = (float(v) for v in gripper[:3, 3])
+        o.w, o.x, o.y, o.z = (float(v) for v in quat_from_matrix(gripper[:3, :3]))
+        for _ in range(3):
+            self.image.publish(image_message(rgb, stamp, "wrist_camera"))
+            self.info.publish(info)
+            self.pose.publish(pose)
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def call(self, service: str, timeout: float = 60.0):
+        from std_srvs.srv import Trigger
+
+        client = self.node.create_client(Trigger, service)
+        try:
+            assert client.wait_for_service(timeout_sec=timeout), f"{service} never appeared"
+            future = client.call_async(Trigger.Request())
+            self.executor.spin_until_future_complete(future, timeout_sec=timeout)
+            assert future.done(), f"{service} did not answer in {timeout} s"
+            return future.result()
+        finally:
+            self.node.destroy_client(client)
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+
+
+@pytest.mark.slow
+def test_the_calibration_node_keeps_board_views_and_solves_over_ros(
+    tmp_path, monkeypatch, sim_cameras, distorted_camera
+):
+    rclpy = pytest.importorskip("rclpy", reason="needs the ROS 2 wheels (./setup.sh)")
+    import os
+
+    from onedp_control.ros.runner import GraphRunner
+    from onedp_control.runtime.graph import (
+        CALIBRATION_CAPTURE_SERVICE,
+        CALIBRATION_SOLVE_SERVICE,
+        LaunchArguments,
+        node_spec,
+    )
+
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
+    config = ROOT / "config" / "pnp_milk.yaml"
+    out, samples = tmp_path / "handeye_wrist.yaml", tmp_path / "samples_wrist"
+    runner = GraphRunner(config, LaunchArguments(config=str(config), sim=True), {})
+    runner.nodes = [
+        node_spec(
+            "calibration",
+            False,
+            {"camera": "wrist", "out": str(out), "samples_dir": str(samples), "camera_serial": "7"},
+        )
+    ]
+    truth = sim_cameras["wrist"]
+    base_board = board_on_table((CENTRE @ truth)[:2, 3])
+    rng = np.random.default_rng(11)
+    rclpy.init()
+    cell = BoardCell()
+    runner.start(tmp_path / "logs")
+    try:
+        cell.wait_for_the_node()
+        cell.show(np.full((*SIZE[::-1], 3), 90, np.uint8), CENTRE, 1000.0)
+        refused = cell.call(CALIBRATION_CAPTURE_SERVICE)
+        assert not refused.success and "board corners found" in refused.message
+        refused = cell.call(CALIBRATION_SOLVE_SERVICE)
+        assert not refused.success and not out.exists(), refused.message
+        for index, pose in enumerate(calibration_poses(CENTRE, 13, pivot_distance_m=0.3)):
+            view = distorted_camera.render(invert_transform(pose @ truth) @ base_board, rng)
+            cell.show(view, pose, 1001.0 + index)
+            kept = cell.call(CALIBRATION_CAPTURE_SERVICE)
+            assert kept.success and kept.message.startswith(f"sample {index + 1}:"), kept.message
+        solved = cell.call(CALIBRATION_SOLVE_SERVICE)
+        assert solved.success, solved.message
+        assert not runner.dead(), runner.last_words(runner.dead()[0])
+    finally:
+        runner.stop()
+        cell.close()
+        rclpy.shutdown()
+    result = yaml.safe_load(out.read_text())
+    assert result["camera_serial"] == "7" and result["mode"] == EYE_IN_HAND
+    transform = load_handeye(out).transform
+    assert rotation_deg(transform, truth) < 0.5 and translation_mm(transform, truth) < 3.0
+    assert len(load_samples(samples).samples) == 13

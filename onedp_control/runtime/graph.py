@@ -30,6 +30,9 @@ TELEOP_GRIPPER_TOPIC = "/teleop/gripper_width"  # std_msgs/Float64, gripper widt
 RECORDER_START_SERVICE = "/recorder/start"  # std_srvs/Trigger: open an episode
 RECORDER_STOP_SERVICE = "/recorder/stop"  # std_srvs/Trigger: save it into the dataset
 RECORDER_DISCARD_SERVICE = "/recorder/discard"  # std_srvs/Trigger: drop it
+CALIBRATION_CAPTURE_SERVICE = "/calibration/capture"  # std_srvs/Trigger: keep a sample
+CALIBRATION_SOLVE_SERVICE = "/calibration/solve"  # std_srvs/Trigger: solve, write the files
+CALIBRATION_RESET_SERVICE = "/calibration/reset"  # std_srvs/Trigger: drop the samples
 # std_msgs/String (JSON {"target": node, "fault": name, "value": ...} or {"target", "clear"}),
 # listened to only by nodes started with fault_injection: true (`onedp faults`).
 FAULT_TOPIC = "/onedp/fault"
