@@ -97,9 +97,15 @@ class PolicyNode(Node):
     def _on_image(self, camera: str, message: Image) -> None:
         ring = self.assembler.front if camera == "front" else self.assembler.wrist
         ring.push(from_stamp(message.header.stamp), image_array(message))
-        if camera == "front":
-            with self._new_frame:
-                self._new_frame.notify()
+        self._wake()
+
+    def _wake(self) -> None:
+        # On every part of an observation, not only on front frames: the wrist frame and the
+        # state of a tick arrive after its front frame, and an observation found incomplete
+        # must be tried again when they do, not a period later with the next front frame (whose
+        # wrist frame is again not there yet: under load that race held chunks back > 1 s).
+        with self._new_frame:
+            self._new_frame.notify()
 
     def _on_joints(self, message: JointState) -> None:
         self._width = gripper_width(message)
@@ -114,6 +120,7 @@ class PolicyNode(Node):
             gripper_width=self._width,
         )
         self.assembler.state.push(from_stamp(message.header.stamp), sample)
+        self._wake()
 
     def _run(self) -> None:
         last_stamp = -np.inf
