@@ -171,6 +171,17 @@ def test_resumed_run_matches_an_unbroken_one(tmp_path, dataset):
     for key, value in a["model"].items():
         torch.testing.assert_close(b["model"][key], value, rtol=1e-5, atol=1e-6)
     assert (tmp_path / "a" / "loss.png").stat().st_size > 1000
+    # The lineage survives the resume: one phase of 4 steps, either way.
+    assert [e["steps"] for e in a["lineage"]] == [e["steps"] for e in b["lineage"]] == [4]
+    second = write_config(
+        tmp_path / "c.yaml", dataset, tmp_path / "c", 2, init_from=str(tmp_path / "a/policy.pt")
+    )
+    assert main(["train", "--config", str(second), "--quiet"]) == 0
+    lineage = read_checkpoint(tmp_path / "c" / "policy.pt")["lineage"]
+    assert [(e["method"], e["steps"], e["config"]) for e in lineage] == [
+        ("diffusion", 4, str(unbroken)),
+        ("diffusion", 2, str(second)),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -218,6 +229,10 @@ def test_distillation_writes_a_one_step_policy_that_runs(tmp_path, dataset, teac
         if v.dtype.is_floating_point and not torch.equal(v, teacher_weights[k])
     ]
     assert changed, "distillation must move the generator away from the teacher"
+    assert [(e["method"], e["steps"]) for e in student["lineage"]] == [
+        ("diffusion", 4),
+        (method, 3),
+    ], "the student's lineage counts the teacher's training too"
     report = tmp_path / "eval.json"
     assert run_eval(policy_path, "--json", str(report), "--quiet") == 0
     result = json.loads(report.read_text())

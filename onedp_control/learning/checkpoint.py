@@ -112,6 +112,25 @@ def load_model(path: Path, methods: tuple[str, ...]) -> tuple[dict, DiffusionPol
     return payload, build_model(payload, path)
 
 
+def training_lineage(payload: dict, path: Path) -> list[dict]:
+    """What made the policy in `payload`, phase by phase, oldest first: each entry names the
+    method, the steps and, where known, the config, dataset and batch size. A policy file from
+    before lineages were recorded gives one entry, its own steps (earlier phases unknown)."""
+    if "lineage" in payload:
+        return [dict(entry) for entry in payload["lineage"]]
+    return [{"method": payload.get("method"), "steps": payload.get("step"), "source": str(path)}]
+
+
+def lineage_entry(method: str, config_path: Path, dataset: str, steps: int, batch: int) -> dict:
+    return {
+        "method": method,
+        "config": str(config_path),
+        "dataset": dataset,
+        "steps": steps,
+        "batch_size": batch,
+    }
+
+
 def pack_policy(source: Path, destination: Path) -> int:
     """A policy file with float weights stored as float16 (half the size; loading restores
     float32). Returns the number of bytes written."""

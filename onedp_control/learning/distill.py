@@ -32,10 +32,12 @@ from onedp_control.dataset import Dataset
 from onedp_control.errors import ConfigError
 from onedp_control.learning.checkpoint import (
     check_resumable,
+    lineage_entry,
     load_model,
     model_payload,
     read_checkpoint,
     save_checkpoint,
+    training_lineage,
 )
 from onedp_control.learning.data import TrainingWindows
 from onedp_control.learning.plot import plot_losses
@@ -177,7 +179,8 @@ def distill(
     if method not in METHODS:
         raise ConfigError(f"--method: unknown method '{method}' (known: {', '.join(METHODS)})")
     key, settings = method_settings(cfg, method, config_path)
-    _, teacher = load_model(teacher_path, ("diffusion", "flow"))
+    teacher_payload, teacher = load_model(teacher_path, ("diffusion", "flow"))
+    teacher_lineage = training_lineage(teacher_payload, teacher_path)
     check_teacher(teacher, method, teacher_path)
     out = Path(cfg.output_dir) / method
     last = out / "last.pt"
@@ -214,7 +217,14 @@ def distill(
         step += 1
         bar.update(1)
         if step % loop.checkpoint_every == 0 or step == loop.steps:
-            extra = {key: dataclasses.asdict(settings), "teacher": str(teacher_path)}
+            extra = {
+                key: dataclasses.asdict(settings),
+                "teacher": str(teacher_path),
+                "lineage": [
+                    *teacher_lineage,
+                    lineage_entry(method, config_path, cfg.dataset, step, loop.batch_size),
+                ],
+            }
             save_checkpoint(
                 last,
                 {

@@ -28,10 +28,12 @@ from onedp_control.dataset import Dataset
 from onedp_control.errors import ConfigError
 from onedp_control.learning.checkpoint import (
     check_resumable,
+    lineage_entry,
     load_model,
     model_payload,
     read_checkpoint,
     save_checkpoint,
+    training_lineage,
 )
 from onedp_control.learning.data import TrainingWindows
 from onedp_control.learning.plot import plot_losses
@@ -122,11 +124,13 @@ def check_method(cfg: TrainConfig, where: str) -> None:
         cfg.ofp.validate(f"{where}:ofp")
 
 
-def init_weights(model: DiffusionPolicy, source: Path, method: str, where: str) -> None:
-    _, start = load_model(source, (method,))
+def init_weights(model: DiffusionPolicy, source: Path, method: str, where: str) -> list[dict]:
+    """Loads the weights of `source` into `model`; returns the lineage of `source`."""
+    payload, start = load_model(source, (method,))
     if start.config != model.config:
         raise ConfigError(f"{where}: init_from {source} has a different model configuration")
     model.load_state_dict(start.state_dict())
+    return training_lineage(payload, source)
 
 
 def teacher_step(
@@ -169,8 +173,9 @@ def train(config_path: Path, resume: bool = False, progress: bool = True) -> Pat
     model_class = OneStepFlowPolicy if method == OFP else DiffusionPolicy
     model = model_class(cfg.model)
     windows.fit_normalizer(model.normalizer)
+    earlier_phases: list[dict] = []
     if cfg.init_from is not None and not resume:
-        init_weights(model, Path(cfg.init_from), method, str(config_path))
+        earlier_phases = init_weights(model, Path(cfg.init_from), method, str(config_path))
     # The policy is this EMA of the weights; OFP's trainer keeps its own target network too.
     ema = copy.deepcopy(model).requires_grad_(False)
     trainer = None
@@ -207,6 +212,7 @@ def train(config_path: Path, resume: bool = False, progress: bool = True) -> Pat
         rng.bit_generator.state = state["numpy_rng"]
         generator.set_state(state["torch_rng"])
         step, history["loss"] = state["step"], list(state["losses"])
+        earlier_phases = training_lineage(state, last)[:-1]
 
     writer = open_tensorboard(opt_cfg.tensorboard, out)
     bar = tqdm(total=opt_cfg.steps, initial=step, desc=method, unit="step", disable=not progress)
@@ -230,6 +236,10 @@ def train(config_path: Path, resume: bool = False, progress: bool = True) -> Pat
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(history['loss'][-50:]):.4f}")
         if step % opt_cfg.checkpoint_every == 0 or step == opt_cfg.steps:
+            lineage = [
+                *earlier_phases,
+                lineage_entry(method, config_path, cfg.dataset, step, opt_cfg.batch_size),
+            ]
             if trainer is not None:
                 training_state = {
                     "trainer": trainer.state_dict(),
@@ -251,12 +261,14 @@ def train(config_path: Path, resume: bool = False, progress: bool = True) -> Pat
                         "step": step,
                         "losses": history["loss"],
                         "train_config": str(config_path),
+                        "lineage": lineage,
                     },
                 ),
             )
             settings = {OFP: asdict(cfg.ofp)} if method == OFP else {}
             save_checkpoint(
-                out / "policy.pt", model_payload(method, ema, {"step": step, **settings})
+                out / "policy.pt",
+                model_payload(method, ema, {"step": step, "lineage": lineage, **settings}),
             )
             title = f"teacher ({cfg.model.schedule})" if trainer is None else "One-Step Flow Policy"
             plot_losses(history, out / "loss.png", title)
