@@ -235,6 +235,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_run(args)
 
 
+def cmd_report_methods(args: argparse.Namespace) -> int:
+    from onedp_control.files import check_output_path
+    from onedp_control.report import methods_markdown, report_methods
+
+    for path in (args.json, args.md):
+        if path is not None:
+            check_output_path(path, overwrite=True, directory=False)
+    report = report_methods(args.plan, args.episodes, args.json, args.resume, not args.quiet)
+    _write_report(report, methods_markdown(report), args.json, args.md)
+    return 0
+
+
 def cmd_record(args: argparse.Namespace) -> int:
     from onedp_control.resources import share_file
     from onedp_control.ros.runner import GraphRunner
@@ -459,6 +471,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("task", choices=["pnp_milk"], help="task whose graph to run")
     _add_graph_options(run)
     run.set_defaults(func=cmd_run)
+
+    report = sub.add_parser("report", help="tables that compare policies")
+    report_sub = report.add_subparsers(dest="report", required=True, metavar="TABLE")
+    methods = report_sub.add_parser(
+        "methods",
+        help="every method of a plan on the task (lockstep) and its _move variant (real time)",
+        description="Score each row of a plan file (a label, a policy file, a sampler) on the "
+        "task with the lockstep clock and on <task>_move with the real-time clock; success, "
+        "completion time, NFE, inference latency and training steps (from the policy's lineage) "
+        "as one table.",
+    )
+    methods.add_argument(
+        "--plan",
+        type=Path,
+        default=Path("config/report/pnp_milk_methods.yaml"),
+        help="rows to score (default: config/report/pnp_milk_methods.yaml)",
+    )
+    methods.add_argument("--episodes", type=positive_int, default=100, help="per row and task")
+    methods.add_argument("--json", type=Path, help="write the report (after every row)")
+    methods.add_argument("--md", type=Path, help="write the table")
+    methods.add_argument("--resume", action="store_true", help="keep the rows --json already holds")
+    methods.add_argument("--quiet", action="store_true", help="no progress bars")
+    methods.set_defaults(func=cmd_report_methods)
 
     record = sub.add_parser(
         "record",

@@ -279,3 +279,45 @@ def test_imle_resume_reuses_the_teacher_sets(policies, tmp_path, dataset):
     write_yaml(config, {**yaml.safe_load(config.read_text()), "train": {**LOOP, "steps": 4}})
     assert distill("imle", policies["flow"], config, "--resume") == 0
     assert sets.stat().st_mtime_ns == drawn
+
+
+def test_report_methods_scores_each_row_on_both_clocks_and_resumes(
+    policies, tmp_path, monkeypatch, capsys
+):
+    for task in ("pnp_milk", "pnp_milk_move"):
+        monkeypatch.setitem(TASKS, task, dataclasses.replace(TASKS[task], time_limit_s=2.0))
+    plan = write_yaml(
+        tmp_path / "plan.yaml",
+        {
+            "task": "pnp_milk",
+            "rows": [
+                {"label": "CP-1", "policy": str(policies["cp"])},
+                {"label": "CP-3", "policy": str(policies["cp"]), "sampler": "cp3"},
+                {"label": "flow-2", "policy": str(policies["flow"]), "sampler": "euler2"},
+                {"label": "OneDP-S", "policy": str(tmp_path / "not-trained.pt")},
+            ],
+        },
+    )
+    out, table = tmp_path / "methods.json", tmp_path / "methods.md"
+    command = ["report", "methods", "--plan", str(plan), "--episodes", "1", "--quiet"]
+    assert main([*command, "--json", str(out), "--md", str(table)]) == 0
+    rows = {row["label"]: row for row in json.loads(out.read_text())["rows"]}
+    assert [rows[label]["nfe"] for label in ("CP-1", "CP-3", "flow-2")] == [1, 3, 2]
+    for label in ("CP-1", "CP-3", "flow-2"):
+        assert rows[label]["lockstep"]["successes"] in (0, 1)
+        assert rows[label]["realtime_move"]["inference_ms_median"] > 0
+    # Training cost: the EDM teacher's steps and the distillation's, from the lineage.
+    assert rows["CP-1"]["training"]["phases"] == ["diffusion 3", "cp 2"]
+    assert rows["CP-1"]["training"]["total_steps"] == 5
+    assert not rows["OneDP-S"]["scored"] and "not trained" in rows["OneDP-S"]["note"]
+    markdown = table.read_text()
+    assert "| CP-3 | 3 |" in markdown and "| OneDP-S | | not trained here" in markdown
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("--resume evaluated a row it already had")
+
+    monkeypatch.setattr("onedp_control.report.evaluate", no_evaluation)
+    assert main([*command, "--json", str(out), "--resume"]) == 0
+    bad = write_yaml(tmp_path / "bad.yaml", {"task": "pnp_milk", "rows": [{"lable": "x"}]})
+    assert main(["report", "methods", "--plan", str(bad), "--quiet"]) == 2
+    assert "bad.yaml: rows[0]" in capsys.readouterr().err
