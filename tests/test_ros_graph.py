@@ -83,7 +83,7 @@ class Recorder:
     def spin_until(self, condition, timeout: float) -> bool:
         deadline = time.time() + timeout
         while time.time() < deadline:
-            self.executor.spin_once(timeout_sec=0.05)
+            self.executor.spin_once(timeout_sec=min(0.05, max(0.0, deadline - time.time())))
             if condition():
                 return True
         return False
@@ -159,3 +159,62 @@ def test_killing_the_camera_holds_the_robot_within_one_control_period(
     assert first_hold - hold_at <= 0.05 + 0.01, "held within one control period (+ transport)"
     assert not any(streaming for s, streaming in after if s > first_hold)
     assert any("observation_age_ms" in message for message in recorder.diagnostics)
+
+
+def test_the_policy_replans_on_schedule_when_the_wrist_frame_comes_after_the_front(
+    ros_domain, tiny_model, tmp_path
+):
+    """On a real cell the wrist frame and the robot state of a tick arrive after its front
+    frame: the policy must use that tick's observation once it is complete, not wait for a
+    front frame whose wrist frame has already arrived (which never comes)."""
+    from geometry_msgs.msg import PoseStamped
+    from sensor_msgs.msg import JointState
+
+    from onedp_control.ros.common import image_message, to_stamp
+    from onedp_control.runtime.graph import EE_POSE_TOPIC, JOINT_STATES_TOPIC
+
+    runner = graph(tiny_model, ros_domain)
+    runner.nodes = [node_spec("policy", False, {"engine": str(tiny_model)})]
+    recorder = Recorder()
+    node = recorder.node
+    images = {
+        camera: node.create_publisher(Image, IMAGE_TOPIC.format(camera=camera), SENSOR_QOS)
+        for camera in ("front", "wrist")
+    }
+    pose = node.create_publisher(PoseStamped, EE_POSE_TOPIC, SENSOR_QOS)
+    joints = node.create_publisher(JointState, JOINT_STATES_TOPIC, SENSOR_QOS)
+    rgb = np.full((120, 160, 3), 128, np.uint8)
+    published: list[float] = []
+
+    def tick(stamp: float) -> None:
+        images["front"].publish(image_message(rgb, stamp, "front_camera"))
+        published.append(stamp)
+        recorder.spin_until(lambda: False, 0.02)  # the rest of the tick comes 20 ms later
+        images["wrist"].publish(image_message(rgb, stamp, "wrist_camera"))
+        state = PoseStamped()
+        state.header.stamp = to_stamp(stamp)
+        state.pose.position.x, state.pose.position.z, state.pose.orientation.x = 0.5, 0.4, 1.0
+        pose.publish(state)
+        fingers = JointState(name=["panda_finger_joint1", "panda_finger_joint2"])
+        fingers.header.stamp, fingers.position = to_stamp(stamp), [0.04, 0.04]
+        joints.publish(fingers)
+
+    runner.start(tmp_path / "logs")
+    try:
+        # Ticks on a 50 ms grid until the policy is up and answers, then 4 s more.
+        start, first, k = time.time(), None, 0
+        while first is None or k < first + 80:
+            assert k < 1200 and not runner.dead(), "the policy never answered"
+            recorder.spin_until(lambda: False, start + 0.05 * k - time.time())
+            tick(start + 0.05 * k)
+            if first is None and recorder.chunks:
+                first, counted = k, len(recorder.chunks)
+            k += 1
+        recorder.spin_until(lambda: False, 0.3)
+    finally:
+        runner.stop()
+        recorder.close()
+    chunks = np.asarray(recorder.chunks[counted:])
+    assert len(chunks) >= 8, f"4 s at one chunk per 8 steps: {len(chunks)} chunks"
+    assert set(chunks) <= set(published), "each chunk carries a tick's stamp"
+    assert np.median(np.diff(chunks)) == pytest.approx(0.4, abs=0.051)
