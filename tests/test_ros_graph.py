@@ -218,3 +218,129 @@ def test_the_policy_replans_on_schedule_when_the_wrist_frame_comes_after_the_fro
     assert len(chunks) >= 8, f"4 s at one chunk per 8 steps: {len(chunks)} chunks"
     assert set(chunks) <= set(published), "each chunk carries a tick's stamp"
     assert np.median(np.diff(chunks)) == pytest.approx(0.4, abs=0.051)
+
+
+class ScriptedOperator:
+    """The scripted expert as a person at a teleop device: it watches the cell through topics
+    (the measured pose, the fingers and, as a person's eyes would, the sim's true carton pose)
+    and publishes teleop commands at 20 Hz. Through the teleop node, the watchdog and the sim's
+    command loop, the robot does what it says."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        from geometry_msgs.msg import PoseStamped
+        from sensor_msgs.msg import JointState
+        from std_msgs.msg import Float64
+
+        from onedp_control.policies.expert import ScriptedExpert
+        from onedp_control.runtime.graph import (
+            CARTON_POSE_TOPIC,
+            EE_POSE_TOPIC,
+            JOINT_STATES_TOPIC,
+            TELEOP_GRIPPER_TOPIC,
+            TELEOP_TARGET_TOPIC,
+        )
+        from onedp_control.sim.tasks import TASKS
+
+        node = recorder.node
+        self.task = TASKS["pnp_milk"]
+        self.measured: tuple[np.ndarray, np.ndarray] | None = None
+        self.carton: tuple[np.ndarray, np.ndarray] | None = None
+        self.width: float | None = None
+        node.create_subscription(
+            PoseStamped,
+            EE_POSE_TOPIC,
+            lambda m: setattr(self, "measured", self._pose(m)),
+            SENSOR_QOS,
+        )
+        node.create_subscription(
+            PoseStamped,
+            CARTON_POSE_TOPIC,
+            lambda m: setattr(self, "carton", self._pose(m)),
+            SENSOR_QOS,
+        )
+        node.create_subscription(JointState, JOINT_STATES_TOPIC, self._on_joints, SENSOR_QOS)
+        self.target = node.create_publisher(PoseStamped, TELEOP_TARGET_TOPIC, RELIABLE_QOS)
+        self.gripper = node.create_publisher(Float64, TELEOP_GRIPPER_TOPIC, RELIABLE_QOS)
+        self.expert = ScriptedExpert(self)  # this object stands in for the world
+        self.started = False
+        self.commands = 0
+
+    @staticmethod
+    def _pose(message) -> tuple[np.ndarray, np.ndarray]:
+        from onedp_control.geometry import matrix_from_quat
+
+        p, q = message.pose.position, message.pose.orientation
+        return np.array([p.x, p.y, p.z]), matrix_from_quat(np.array([q.w, q.x, q.y, q.z]))
+
+    def _on_joints(self, message) -> None:
+        positions = dict(zip(message.name, message.position, strict=False))
+        self.width = positions["panda_finger_joint1"] + positions["panda_finger_joint2"]
+
+    # What ScriptedExpert asks of its world.
+    def tcp_pose(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.measured
+
+    def carton_pose(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.carton
+
+    def act(self, now: float) -> None:
+        from types import SimpleNamespace
+
+        from geometry_msgs.msg import PoseStamped
+        from std_msgs.msg import Float64
+
+        from onedp_control.geometry import matrix_from_rot6d, quat_from_matrix
+        from onedp_control.ros.common import to_stamp
+
+        if self.measured is None or self.carton is None or self.width is None:
+            return
+        if not self.started:
+            self.expert.reset()
+            self.started = True
+        seen = SimpleNamespace(ee_pos=self.measured[0], gripper_width=self.width)
+        action = self.expert.predict_chunk([seen])[0]
+        target = PoseStamped()
+        target.header.stamp = to_stamp(now)
+        p, o = target.pose.position, target.pose.orientation
+        p.x, p.y, p.z = (float(v) for v in action[:3])
+        o.w, o.x, o.y, o.z = (float(v) for v in quat_from_matrix(matrix_from_rot6d(action[3:9])))
+        self.target.publish(target)
+        self.gripper.publish(Float64(data=float(action[9])))
+        self.commands += 1
+
+
+def test_in_sim_the_carton_ends_in_the_bin_through_the_controller(ros_domain, tmp_path):
+    """The real graph's robot side (teleop node in the policy's place, watchdog, sim with its
+    safety filter and command loop) carries a pick-and-place through to the sim's own success
+    check, in real time. The learned policy's success rate is a benchmark (`onedp run --sim
+    --episodes N`, README), not a pass/fail test."""
+    arguments = LaunchArguments(config=str(CONFIG), sim=True, record=True)
+    runner = GraphRunner(
+        CONFIG,
+        arguments,
+        {"sim": {"episodes": 1, "time_limit_s": 40.0}, "watchdog": {"recover_after_s": 0.3}},
+        ros_domain,
+    )
+    runner.nodes = [spec for spec in runner.nodes if spec.name != "recorder"]
+    recorder = Recorder()
+    operator = ScriptedOperator(recorder)
+    runner.attach(recorder.node)
+    runner.start(tmp_path / "logs")
+    try:
+        runner.bring_up(recorder.node, recorder.executor)
+        start, k = time.time(), 0
+        while not runner.record.episodes:
+            assert time.time() - start < 90.0, "no episode report in 90 s"
+            assert not runner.dead(), runner.last_words(runner.dead()[0])
+            recorder.spin_until(lambda: False, start + 0.05 * k - time.time())
+            operator.act(time.time())
+            k += 1
+    finally:
+        runner.stop()
+        recorder.close()
+    episode = runner.record.episodes[0]
+    assert episode["success"], (
+        f"the carton did not end in the bin: {episode}; the operator sent {operator.commands} "
+        f"commands, in phase {operator.expert.phase}; watchdog: {dict(runner.record.hold_reasons)}"
+    )
+    assert episode["completion_time_s"] < 30.0

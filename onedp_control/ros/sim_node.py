@@ -7,7 +7,9 @@ pose and joint states of the world as it is now, stamped with the wall clock; ta
 for now (the same CommandLoop as the robot node: chunk target, or hold); and steps the physics
 one control period. World time keeps pace with the wall clock, so the policy's latency costs
 what it would cost on the real cell. Finished episodes are reported as JSON on /sim/episode;
-after `episodes` of them the loop stops.
+after `episodes` of them the loop stops. The carton's true pose goes out on /sim/carton_pose
+each tick: ground truth that no real cell has, for scripted operators and checks, never for a
+policy.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import json
 import math
 import time
 
+from geometry_msgs.msg import PoseStamped
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 
+from onedp_control.geometry import quat_from_matrix
 from onedp_control.robots.sim_robot import SimRobot
 from onedp_control.ros.common import (
     RELIABLE_QOS,
@@ -34,7 +38,13 @@ from onedp_control.ros.nodes_shared import RobotInterfaces
 from onedp_control.runtime.chunks import ChunkScheduler
 from onedp_control.runtime.command_loop import CommandLoop
 from onedp_control.runtime.config import RobotParams, SimParams
-from onedp_control.runtime.graph import CAMERA_INFO_TOPIC, CAMERAS, EPISODE_TOPIC, IMAGE_TOPIC
+from onedp_control.runtime.graph import (
+    CAMERA_INFO_TOPIC,
+    CAMERAS,
+    CARTON_POSE_TOPIC,
+    EPISODE_TOPIC,
+    IMAGE_TOPIC,
+)
 from onedp_control.runtime.rate_loop import DeadlineLoop
 from onedp_control.runtime.safety import SafetyFilter
 from onedp_control.sim.tasks import TASKS
@@ -91,6 +101,7 @@ class SimNode(LifecycleNode):
             for c in CAMERAS
         }
         self.episodes = self.create_publisher(String, EPISODE_TOPIC, RELIABLE_QOS)
+        self.carton = self.create_publisher(PoseStamped, CARTON_POSE_TOPIC, SENSOR_QOS)
         self.episode = 0
         return TransitionCallbackReturn.SUCCESS
 
@@ -146,6 +157,7 @@ class SimNode(LifecycleNode):
         # The world as it is now (world time keeps pace with this loop's wall-clock ticks), then
         # the command for now, then the physics up to the next tick.
         self._publish_images()
+        self._publish_carton(now)
         self._apply_faults()
         command = self.loop.tick(now, self.interfaces.read_state())
         self.streamed_steps += command.streaming
@@ -161,6 +173,15 @@ class SimNode(LifecycleNode):
             self.episode += 1
             if self.episode < self.params.episodes:
                 self._start_episode(time.time())
+
+    def _publish_carton(self, now: float) -> None:
+        position, rotation = self.world.carton_pose()
+        message = PoseStamped()
+        message.header.stamp, message.header.frame_id = to_stamp(now), "base"
+        p, o = message.pose.position, message.pose.orientation
+        p.x, p.y, p.z = (float(v) for v in position)
+        o.w, o.x, o.y, o.z = (float(v) for v in quat_from_matrix(rotation))
+        self.carton.publish(message)
 
     def _apply_faults(self) -> None:
         """In the loop's thread, which owns the world."""

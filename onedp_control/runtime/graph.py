@@ -21,6 +21,7 @@ CHUNK_TOPIC = "/policy/action_chunk"  # trajectory_msgs/JointTrajectory, per-ste
 POLICY_TIMING_TOPIC = "/policy/timing"  # diagnostic_msgs/DiagnosticStatus
 HOLD_TOPIC = "/watchdog/hold"  # std_msgs/Bool, at the watchdog's rate
 EPISODE_TOPIC = "/sim/episode"  # std_msgs/String (JSON), one per finished episode
+CARTON_POSE_TOPIC = "/sim/carton_pose"  # geometry_msgs/PoseStamped, the sim's ground truth
 DIAGNOSTICS_TOPIC = "/diagnostics"
 RECOVER_SERVICE = "/robot/recover"  # std_srvs/Trigger
 RESUME_SERVICE = "/watchdog/resume"  # std_srvs/Trigger
