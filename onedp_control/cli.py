@@ -316,22 +316,27 @@ def cmd_faults(args: argparse.Namespace) -> int:
     return 1 if unsafe or not all(r["held"] for r in report["faults"]) else 0
 
 
-def _add_graph_options(parser: argparse.ArgumentParser, demo: bool = False) -> None:
+def _add_cell_options(parser: argparse.ArgumentParser, sim: bool = True) -> None:
+    """Where the graph runs: the params file, the sim or the real cell's devices, logs."""
     parser.add_argument(
         "--config", type=Path, help="runtime params file (default: config/<task>.yaml)"
     )
-    parser.add_argument("--engine", help="model file (.pt, .onnx, .engine); default: the config's")
-    if not demo:
+    if sim:
         parser.add_argument(
             "--sim", action="store_true", help="the MuJoCo cell instead of the robot and cameras"
         )
-    parser.add_argument("--episodes", type=positive_int, default=1, help="sim episodes")
-    parser.add_argument("--seed", type=int, default=100_000, help="first sim episode's seed")
-    parser.add_argument("--json", type=Path, help="write success_rate and the latency figures")
     parser.add_argument("--front-serial", default="", help="D415 serial (real cell)")
     parser.add_argument("--wrist-serial", default="", help="D435 serial (real cell)")
     parser.add_argument("--robot-host", default="", help="robot address (real cell)")
     parser.add_argument("--log-dir", type=Path, help="write each node's output here")
+
+
+def _add_graph_options(parser: argparse.ArgumentParser, demo: bool = False) -> None:
+    _add_cell_options(parser, sim=not demo)
+    parser.add_argument("--engine", help="model file (.pt, .onnx, .engine); default: the config's")
+    parser.add_argument("--episodes", type=positive_int, default=1, help="sim episodes")
+    parser.add_argument("--seed", type=int, default=100_000, help="first sim episode's seed")
+    parser.add_argument("--json", type=Path, help="write success_rate and the latency figures")
     parser.add_argument("--timeout", type=float, default=900.0, help="give up after this many s")
 
 
@@ -507,14 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument(
         "--dataset", type=Path, required=True, help="dataset directory (created, or appended to)"
     )
-    record.add_argument("--config", type=Path, help="runtime params file")
-    record.add_argument(
-        "--sim", action="store_true", help="the MuJoCo cell instead of the robot and cameras"
-    )
-    record.add_argument("--front-serial", default="", help="D415 serial (real cell)")
-    record.add_argument("--wrist-serial", default="", help="D435 serial (real cell)")
-    record.add_argument("--robot-host", default="", help="robot address (real cell)")
-    record.add_argument("--log-dir", type=Path, help="write each node's output here")
+    _add_cell_options(record)
     record.set_defaults(func=cmd_record)
 
     faults = sub.add_parser(

@@ -341,17 +341,13 @@ class Teleop:
         from sensor_msgs.msg import JointState
         from std_msgs.msg import Float64
 
-        from onedp_control.ros.common import image_message, to_stamp
+        from onedp_control.ros.common import image_message, pose_message, to_stamp
 
         if self.in_sim and self.measured is None:
             return  # the teleop starts from where the robot is
         command = self.command_at(now)
         self.commanded.append((now, command))
-        target = PoseStamped()
-        target.header.stamp = to_stamp(now)
-        p, o = target.pose.position, target.pose.orientation
-        p.x, p.y, p.z = (float(v) for v in command[:3])
-        o.w, o.x, o.y, o.z = (float(v) for v in quat_from_matrix(matrix_from_rot6d(command[3:9])))
+        target = pose_message(command[:3], matrix_from_rot6d(command[3:9]), now)
         self.target.publish(target)
         self.width.publish(Float64(data=float(command[9])))
         if self.in_sim:

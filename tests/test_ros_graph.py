@@ -232,6 +232,7 @@ class ScriptedOperator:
         from std_msgs.msg import Float64
 
         from onedp_control.policies.expert import ScriptedExpert
+        from onedp_control.ros.common import pose_from_message
         from onedp_control.runtime.graph import (
             CARTON_POSE_TOPIC,
             EE_POSE_TOPIC,
@@ -249,13 +250,13 @@ class ScriptedOperator:
         node.create_subscription(
             PoseStamped,
             EE_POSE_TOPIC,
-            lambda m: setattr(self, "measured", self._pose(m)),
+            lambda m: setattr(self, "measured", pose_from_message(m)),
             SENSOR_QOS,
         )
         node.create_subscription(
             PoseStamped,
             CARTON_POSE_TOPIC,
-            lambda m: setattr(self, "carton", self._pose(m)),
+            lambda m: setattr(self, "carton", pose_from_message(m)),
             SENSOR_QOS,
         )
         node.create_subscription(JointState, JOINT_STATES_TOPIC, self._on_joints, SENSOR_QOS)
@@ -264,13 +265,6 @@ class ScriptedOperator:
         self.expert = ScriptedExpert(self)  # this object stands in for the world
         self.started = False
         self.commands = 0
-
-    @staticmethod
-    def _pose(message) -> tuple[np.ndarray, np.ndarray]:
-        from onedp_control.geometry import matrix_from_quat
-
-        p, q = message.pose.position, message.pose.orientation
-        return np.array([p.x, p.y, p.z]), matrix_from_quat(np.array([q.w, q.x, q.y, q.z]))
 
     def _on_joints(self, message) -> None:
         positions = dict(zip(message.name, message.position, strict=False))
@@ -286,11 +280,10 @@ class ScriptedOperator:
     def act(self, now: float) -> None:
         from types import SimpleNamespace
 
-        from geometry_msgs.msg import PoseStamped
         from std_msgs.msg import Float64
 
-        from onedp_control.geometry import matrix_from_rot6d, quat_from_matrix
-        from onedp_control.ros.common import to_stamp
+        from onedp_control.geometry import matrix_from_rot6d
+        from onedp_control.ros.common import pose_message
 
         if self.measured is None or self.carton is None or self.width is None:
             return
@@ -299,12 +292,7 @@ class ScriptedOperator:
             self.started = True
         seen = SimpleNamespace(ee_pos=self.measured[0], gripper_width=self.width)
         action = self.expert.predict_chunk([seen])[0]
-        target = PoseStamped()
-        target.header.stamp = to_stamp(now)
-        p, o = target.pose.position, target.pose.orientation
-        p.x, p.y, p.z = (float(v) for v in action[:3])
-        o.w, o.x, o.y, o.z = (float(v) for v in quat_from_matrix(matrix_from_rot6d(action[3:9])))
-        self.target.publish(target)
+        self.target.publish(pose_message(action[:3], matrix_from_rot6d(action[3:9]), now))
         self.gripper.publish(Float64(data=float(action[9])))
         self.commands += 1
 

@@ -212,7 +212,11 @@ def train(config_path: Path, resume: bool = False, progress: bool = True) -> Pat
         rng.bit_generator.state = state["numpy_rng"]
         generator.set_state(state["torch_rng"])
         step, history["loss"] = state["step"], list(state["losses"])
-        earlier_phases = training_lineage(state, last)[:-1]
+        if "lineage" in state:
+            earlier_phases = state["lineage"][:-1]
+        elif cfg.init_from is not None:  # a run begun before lineages were recorded
+            source = Path(cfg.init_from)
+            earlier_phases = training_lineage(read_checkpoint(source), source)
 
     writer = open_tensorboard(opt_cfg.tensorboard, out)
     bar = tqdm(total=opt_cfg.steps, initial=step, desc=method, unit="step", disable=not progress)

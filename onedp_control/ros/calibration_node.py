@@ -34,8 +34,14 @@ from onedp_control.calibration.handeye import make_transform
 from onedp_control.calibration.intrinsics import CameraInfo
 from onedp_control.calibration.session import CalibrationParams, CalibrationSession
 from onedp_control.errors import ConfigError
-from onedp_control.geometry import matrix_from_quat
-from onedp_control.ros.common import SENSOR_QOS, declare_params, from_stamp, image_array, spin_node
+from onedp_control.ros.common import (
+    SENSOR_QOS,
+    declare_params,
+    from_stamp,
+    image_array,
+    pose_from_message,
+    spin_node,
+)
 from onedp_control.runtime.graph import (
     CALIBRATION_CAPTURE_SERVICE,
     CALIBRATION_RESET_SERVICE,
@@ -97,8 +103,8 @@ class CalibrationNode(Node):
             self._info = message
 
     def _on_pose(self, message: PoseStamped) -> None:
-        p, q = message.pose.position, message.pose.orientation
-        pose = make_transform(matrix_from_quat(np.array([q.w, q.x, q.y, q.z])), [p.x, p.y, p.z])
+        position, rotation = pose_from_message(message)
+        pose = make_transform(rotation, position)
         with self._lock:
             self._poses.append((from_stamp(message.header.stamp), pose))
 

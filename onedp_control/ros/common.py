@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 from builtin_interfaces.msg import Time
+from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from rclpy.qos import (
     DurabilityPolicy,
@@ -25,6 +26,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from onedp_control.config import from_dict
 from onedp_control.errors import ConfigError
+from onedp_control.geometry import matrix_from_quat, quat_from_matrix
 from onedp_control.runtime.chunks import ActionChunk
 from onedp_control.runtime.config import SharedParams
 from onedp_control.runtime.graph import ACTION_NAMES
@@ -111,6 +113,24 @@ def to_stamp(seconds: float) -> Time:
 
 def from_stamp(stamp: Time) -> float:
     return stamp.sec + stamp.nanosec * 1e-9
+
+
+def pose_message(
+    position: np.ndarray, rotation: np.ndarray, stamp: float, frame_id: str = "base"
+) -> PoseStamped:
+    """A pose (position (3,), rotation matrix (3, 3)) as a stamped message."""
+    message = PoseStamped()
+    message.header.stamp, message.header.frame_id = to_stamp(stamp), frame_id
+    p, o = message.pose.position, message.pose.orientation
+    p.x, p.y, p.z = (float(v) for v in position)
+    o.w, o.x, o.y, o.z = (float(v) for v in quat_from_matrix(np.asarray(rotation)))
+    return message
+
+
+def pose_from_message(message: PoseStamped) -> tuple[np.ndarray, np.ndarray]:
+    """(position (3,), rotation matrix (3, 3)) of a stamped pose."""
+    p, q = message.pose.position, message.pose.orientation
+    return np.array([p.x, p.y, p.z]), matrix_from_quat(np.array([q.w, q.x, q.y, q.z]))
 
 
 def image_message(rgb: np.ndarray, stamp: float, frame_id: str) -> Image:

@@ -14,13 +14,13 @@ from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from onedp_control.geometry import quat_from_matrix
 from onedp_control.robots.base import RobotError, RobotState
 from onedp_control.ros.common import (
     LATCHED_QOS,
     RELIABLE_QOS,
     SENSOR_QOS,
     chunk_from_message,
+    pose_message,
     to_stamp,
 )
 from onedp_control.runtime.command_loop import Command, CommandLoop
@@ -92,14 +92,7 @@ class RobotInterfaces:
 
     def publish_state(self, state: RobotState) -> None:
         stamp = to_stamp(state.stamp)
-        pose = PoseStamped()
-        pose.header.stamp, pose.header.frame_id = stamp, "base"
-        p = pose.pose.position
-        p.x, p.y, p.z = (float(v) for v in state.ee_pos)
-        w, x, y, z = quat_from_matrix(state.ee_rot)
-        o = pose.pose.orientation
-        o.w, o.x, o.y, o.z = float(w), float(x), float(y), float(z)
-        self.pose.publish(pose)
+        self.pose.publish(pose_message(state.ee_pos, state.ee_rot, state.stamp))
         joints = JointState()
         joints.header.stamp = stamp
         joints.name = [*ARM_JOINTS, *FINGER_JOINTS]

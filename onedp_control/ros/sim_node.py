@@ -23,7 +23,6 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 
-from onedp_control.geometry import quat_from_matrix
 from onedp_control.robots.sim_robot import SimRobot
 from onedp_control.ros.common import (
     RELIABLE_QOS,
@@ -31,6 +30,7 @@ from onedp_control.ros.common import (
     FaultSwitches,
     declare_params,
     image_message,
+    pose_message,
     spin_node,
     to_stamp,
 )
@@ -175,13 +175,7 @@ class SimNode(LifecycleNode):
                 self._start_episode(time.time())
 
     def _publish_carton(self, now: float) -> None:
-        position, rotation = self.world.carton_pose()
-        message = PoseStamped()
-        message.header.stamp, message.header.frame_id = to_stamp(now), "base"
-        p, o = message.pose.position, message.pose.orientation
-        p.x, p.y, p.z = (float(v) for v in position)
-        o.w, o.x, o.y, o.z = (float(v) for v in quat_from_matrix(rotation))
-        self.carton.publish(message)
+        self.carton.publish(pose_message(*self.world.carton_pose(), now))
 
     def _apply_faults(self) -> None:
         """In the loop's thread, which owns the world."""

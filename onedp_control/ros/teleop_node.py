@@ -21,8 +21,14 @@ from rclpy.node import Node
 from std_msgs.msg import Float64
 from trajectory_msgs.msg import JointTrajectory
 
-from onedp_control.geometry import matrix_from_quat, rot6d_from_matrix
-from onedp_control.ros.common import RELIABLE_QOS, chunk_message, declare_params, spin_node
+from onedp_control.geometry import rot6d_from_matrix
+from onedp_control.ros.common import (
+    RELIABLE_QOS,
+    chunk_message,
+    declare_params,
+    pose_from_message,
+    spin_node,
+)
 from onedp_control.runtime.graph import (
     CHUNK_TOPIC,
     POLICY_TIMING_TOPIC,
@@ -55,10 +61,9 @@ class TeleopNode(Node):
         self.loop.start()
 
     def _on_target(self, message: PoseStamped) -> None:
-        p, q = message.pose.position, message.pose.orientation
         try:
-            rotation = matrix_from_quat([q.w, q.x, q.y, q.z])
-            self.commands.set_pose([p.x, p.y, p.z], rot6d_from_matrix(rotation), time.time())
+            position, rotation = pose_from_message(message)
+            self.commands.set_pose(position, rot6d_from_matrix(rotation), time.time())
         except ValueError as error:
             self.get_logger().warning(f"{TELEOP_TARGET_TOPIC}: ignored: {error}")
 
