@@ -762,6 +762,18 @@ class BoardCell:
             self.pose.publish(pose)
             self.executor.spin_once(timeout_sec=0.05)
 
+    def capture(self, rgb: np.ndarray, gripper: np.ndarray, stamp: float):
+        """Shows the view until the node's capture answers for this very image (frames are
+        best effort: the first may not have landed when the request is served)."""
+        from onedp_control.runtime.graph import CALIBRATION_CAPTURE_SERVICE
+
+        for _ in range(50):
+            self.show(rgb, gripper, stamp)
+            answer = self.call(CALIBRATION_CAPTURE_SERVICE)
+            if answer.message.startswith(f"image {stamp:.3f}:"):
+                return answer
+        raise AssertionError(f"the node never used the image of {stamp}: {answer.message}")
+
     def call(self, service: str, timeout: float = 60.0):
         from std_srvs.srv import Trigger
 
@@ -789,7 +801,6 @@ def test_the_calibration_node_keeps_board_views_and_solves_over_ros(
 
     from onedp_control.ros.runner import GraphRunner
     from onedp_control.runtime.graph import (
-        CALIBRATION_CAPTURE_SERVICE,
         CALIBRATION_SOLVE_SERVICE,
         LaunchArguments,
         node_spec,
@@ -814,16 +825,14 @@ def test_the_calibration_node_keeps_board_views_and_solves_over_ros(
     runner.start(tmp_path / "logs")
     try:
         cell.wait_for_the_node()
-        cell.show(np.full((*SIZE[::-1], 3), 90, np.uint8), CENTRE, 1000.0)
-        refused = cell.call(CALIBRATION_CAPTURE_SERVICE)
-        assert not refused.success and "board corners found" in refused.message
+        refused = cell.capture(np.full((*SIZE[::-1], 3), 90, np.uint8), CENTRE, 1000.0)
+        assert not refused.success and "0 board corners found" in refused.message
         refused = cell.call(CALIBRATION_SOLVE_SERVICE)
         assert not refused.success and not out.exists(), refused.message
         for index, pose in enumerate(calibration_poses(CENTRE, 13, pivot_distance_m=0.3)):
             view = distorted_camera.render(invert_transform(pose @ truth) @ base_board, rng)
-            cell.show(view, pose, 1001.0 + index)
-            kept = cell.call(CALIBRATION_CAPTURE_SERVICE)
-            assert kept.success and kept.message.startswith(f"sample {index + 1}:"), kept.message
+            kept = cell.capture(view, pose, 1001.0 + index)
+            assert kept.success and f": sample {index + 1}:" in kept.message, kept.message
         solved = cell.call(CALIBRATION_SOLVE_SERVICE)
         assert solved.success, solved.message
         assert not runner.dead(), runner.last_words(runner.dead()[0])
@@ -836,3 +845,32 @@ def test_the_calibration_node_keeps_board_views_and_solves_over_ros(
     transform = load_handeye(out).transform
     assert rotation_deg(transform, truth) < 0.5 and translation_mm(transform, truth) < 3.0
     assert len(load_samples(samples).samples) == 13
+
+
+def test_calibration_session_pairs_by_stamp_and_refuses_what_would_spoil_the_solve(
+    sim_cameras, distorted_camera
+):
+    from onedp_control.calibration.session import CalibrationParams, CalibrationSession
+
+    session = CalibrationSession(CalibrationParams(camera="wrist", max_pose_skew_ms=20.0))
+    truth = sim_cameras["wrist"]
+    view = distorted_camera.render(
+        invert_transform(CENTRE @ truth) @ board_on_table((CENTRE @ truth)[:2, 3]),
+        np.random.default_rng(2),
+    )
+    elsewhere = make_transform(np.eye(3), [0.1, 0.2, 0.3])
+    with pytest.raises(ConfigError, match="no robot pose"):
+        session.add(view, 5.0, [])
+    with pytest.raises(ConfigError, match="50 ms from the image"):
+        session.add(view, 5.0, [(5.05, CENTRE)])
+    assert session.add(view, 5.0, [(4.0, elsewhere), (5.01, CENTRE), (6.0, elsewhere)]).startswith(
+        "sample 1:"
+    )
+    np.testing.assert_array_equal(session.samples[0].T_base_gripper, CENTRE)  # the nearest
+    with pytest.raises(ConfigError, match="a sample already"):
+        session.add(view, 5.0, [(5.0, CENTRE)])
+    with pytest.raises(ConfigError, match="0 board corners"):
+        session.add(np.full_like(view, 90), 6.0, [(6.0, CENTRE)])
+    assert session.reset() == 1 and not session.samples
+    with pytest.raises(ConfigError, match="camera must be one of"):
+        CalibrationSession(CalibrationParams(camera="side"))

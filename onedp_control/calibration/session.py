@@ -95,6 +95,14 @@ class CalibrationSession:
         self.board = params.board("calibration")
         self.camera_serial = camera_serial
         self.samples: list[HandEyeSample] = []
+        self._image_stamps: set[float] = set()
+
+    def reset(self) -> int:
+        """Drops the samples; returns how many there were."""
+        count = len(self.samples)
+        self.samples.clear()
+        self._image_stamps.clear()
+        return count
 
     def add(
         self,
@@ -104,6 +112,9 @@ class CalibrationSession:
     ) -> str:
         """Pairs `image` with the pose of `poses` ((stamp, T_base_gripper), any order) nearest
         its stamp; returns what was kept. ConfigError when the sample is unusable."""
+        if image_stamp in self._image_stamps:
+            # A second request before a new frame came (a double press): one view, one sample.
+            raise ConfigError("this image is a sample already: wait for a new frame")
         if not poses:
             raise ConfigError("no robot pose received yet (/robot/ee_pose)")
         stamp, pose = min(poses, key=lambda entry: abs(entry[0] - image_stamp))
@@ -118,6 +129,7 @@ class CalibrationSession:
         if problem is not None:
             raise ConfigError(f"sample not kept: {problem}")
         self.samples.append(HandEyeSample(np.asarray(pose, float), image=image.copy()))
+        self._image_stamps.add(image_stamp)
         return f"sample {len(self.samples)}: {len(detection.ids)} board corners"
 
     def solve(self, camera: CameraInfo) -> tuple[HandEyeCalibration, Path, Path]:

@@ -114,11 +114,12 @@ class CalibrationNode(Node):
         if image is None:
             response.success, response.message = False, "no image received yet"
             return response
+        # The answer names the image it used: the newest when the request came.
         try:
-            response.message = self.session.add(image[1], image[0], poses)
-            response.success = True
+            kept = self.session.add(image[1], image[0], poses)
+            response.success, response.message = True, f"image {image[0]:.3f}: {kept}"
         except ConfigError as error:
-            response.success, response.message = False, str(error)
+            response.success, response.message = False, f"image {image[0]:.3f}: {error}"
         return response
 
     def _solve(self, request: Trigger.Request, response: Trigger.Response):
@@ -143,8 +144,7 @@ class CalibrationNode(Node):
         return response
 
     def _reset(self, request: Trigger.Request, response: Trigger.Response):
-        count = len(self.session.samples)
-        self.session.samples.clear()
+        count = self.session.reset()
         response.success, response.message = True, f"dropped {count} samples"
         return response
 
