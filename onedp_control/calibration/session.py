@@ -24,7 +24,6 @@ from onedp_control.calibration.charuco import (
 from onedp_control.calibration.handeye import (
     EYE_IN_HAND,
     EYE_TO_HAND,
-    MODES,
     HandEyeCalibration,
     HandEyeSample,
     SampleSet,
@@ -157,5 +156,3 @@ class CalibrationSession:
         save_handeye(result, out)
         return result, samples_dir, out
 
-
-__all__ = ["MODES", "CalibrationParams", "CalibrationSession"]
