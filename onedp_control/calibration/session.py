@@ -155,4 +155,3 @@ class CalibrationSession:
         save_samples(samples_dir, sample_set, overwrite=True)
         save_handeye(result, out)
         return result, samples_dir, out
-
