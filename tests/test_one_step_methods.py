@@ -13,18 +13,10 @@ from onedp_control.errors import ConfigError
 from onedp_control.policies import consistency, imle, ofp
 from onedp_control.policies.diffusion import DiffusionPolicy, ModelConfig, Sampler, run_sampler
 from onedp_control.policies.two_time import TwoTimePolicy, two_time_output, warm_start
+from tests.conftest import TINY_MODEL
+from tests.conftest import TINY_MODEL_FIELDS as TINY
 
 X0 = torch.tensor([[[0.3, -0.5, 0.8]]])  # a point mass: the exact velocity field is known
-TINY = {
-    "resize": [36, 48],
-    "image_size": [32, 44],
-    "vision_width": 8,
-    "keypoints": 8,
-    "feature_dim": 16,
-    "down_dims": [16, 32],
-    "step_embed_dim": 16,
-    "groups": 4,
-}
 
 
 def oracle_velocity(schedule: FlowSchedule, calls: list):
@@ -45,7 +37,7 @@ def tiny(schedule: str, cls=DiffusionPolicy) -> DiffusionPolicy:
 
 def tiny_batch(size: int = 3) -> dict:
     generator = torch.Generator().manual_seed(1)
-    config = from_dict(ModelConfig, TINY, "test")
+    config = TINY_MODEL
     frames = (size, config.obs_horizon, 3, *config.image_size)
     return {
         "images": {c: torch.rand(frames, generator=generator) for c in config.cameras},
