@@ -58,17 +58,14 @@ def collect(
             image_shape=(world.task.image_height, world.task.image_width),
             overwrite=overwrite,
         )
-        if perturb:
-            perturbed = PerturbedExpert(world)
-            expert: ScriptedExpert | PerturbedExpert = perturbed
+        perturbed = PerturbedExpert(world) if perturb else None
+        expert = perturbed or ScriptedExpert(world)
 
-            def record(episode: EpisodeBuffer) -> StepCallback:
-                return lambda observation, _: episode.add(observation, perturbed.clean_action)
-        else:
-            expert = ScriptedExpert(world)
-
-            def record(episode: EpisodeBuffer) -> StepCallback:
+        def record(episode: EpisodeBuffer) -> StepCallback:
+            """A perturbed run records what the expert meant, not the noisy target executed."""
+            if perturbed is None:
                 return episode.add
+            return lambda observation, _: episode.add(observation, perturbed.clean_action)
 
         attempts = steps = 0
         bar = tqdm(total=episodes, desc=f"collect {task}", unit="ep", disable=not progress)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from rclpy.qos import (
@@ -113,6 +114,23 @@ def to_stamp(seconds: float) -> Time:
 
 def from_stamp(stamp: Time) -> float:
     return stamp.sec + stamp.nanosec * 1e-9
+
+
+def timing_status(
+    source: str, stamp: float, observation_age_ms: float, inference_ms: float, error: str = ""
+) -> DiagnosticStatus:
+    """What the command source (the policy's engine, or the teleop) reports on /policy/timing
+    for each chunk: the observation it was computed from, that observation's age when the
+    computation began, and how long it took; ERROR with the reason when it refused to output."""
+    status = DiagnosticStatus(name="policy", hardware_id=source)
+    status.level = DiagnosticStatus.ERROR if error else DiagnosticStatus.OK
+    status.message = error or "ok"
+    status.values = [
+        KeyValue(key="observation_stamp", value=f"{stamp:.6f}"),
+        KeyValue(key="observation_age_ms", value=f"{observation_age_ms:.3f}"),
+        KeyValue(key="inference_ms", value=f"{inference_ms:.3f}"),
+    ]
+    return status
 
 
 def pose_message(

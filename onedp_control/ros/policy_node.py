@@ -16,7 +16,7 @@ import threading
 import time
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticStatus
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
@@ -35,6 +35,7 @@ from onedp_control.ros.common import (
     from_stamp,
     image_array,
     spin_node,
+    timing_status,
 )
 from onedp_control.runtime.chunks import ActionChunk
 from onedp_control.runtime.config import PolicyParams
@@ -168,15 +169,9 @@ class PolicyNode(Node):
     def _publish_timing(
         self, stamp: float, observation_age_ms: float, inference_ms: float, error: str = ""
     ) -> None:
-        status = DiagnosticStatus(name="policy", hardware_id=self.params.engine)
-        status.level = DiagnosticStatus.ERROR if error else DiagnosticStatus.OK
-        status.message = error or "ok"
-        status.values = [
-            KeyValue(key="observation_stamp", value=f"{stamp:.6f}"),
-            KeyValue(key="observation_age_ms", value=f"{observation_age_ms:.3f}"),
-            KeyValue(key="inference_ms", value=f"{inference_ms:.3f}"),
-        ]
-        self.timing.publish(status)
+        self.timing.publish(
+            timing_status(self.params.engine, stamp, observation_age_ms, inference_ms, error)
+        )
 
     def close(self) -> None:
         self._stop.set()

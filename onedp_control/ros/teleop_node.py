@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 
-from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticStatus
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from std_msgs.msg import Float64
@@ -28,6 +28,7 @@ from onedp_control.ros.common import (
     declare_params,
     pose_from_message,
     spin_node,
+    timing_status,
 )
 from onedp_control.runtime.graph import (
     CHUNK_TOPIC,
@@ -78,14 +79,7 @@ class TeleopNode(Node):
         if chunk is None:
             return  # nothing fresh to execute: the robot holds when its chunk runs out
         self.chunks.publish(chunk_message(chunk))
-        status = DiagnosticStatus(name="policy", hardware_id="teleop", message="ok")
-        status.level = DiagnosticStatus.OK
-        status.values = [
-            KeyValue(key="observation_stamp", value=f"{chunk.stamp:.6f}"),
-            KeyValue(key="observation_age_ms", value=f"{(now - chunk.stamp) * 1e3:.3f}"),
-            KeyValue(key="inference_ms", value="0.000"),
-        ]
-        self.timing.publish(status)
+        self.timing.publish(timing_status("teleop", chunk.stamp, (now - chunk.stamp) * 1e3, 0.0))
 
     def _on_error(self, error: BaseException) -> None:
         # No more chunks: the robot runs out of steps and holds; the watchdog reports it.
