@@ -19,7 +19,12 @@ from onedp_control.dataset import Dataset
 from onedp_control.engines import load_engine
 from onedp_control.engines.base import EngineError, draw_renoise
 from onedp_control.errors import ConfigError
-from onedp_control.learning.checkpoint import load_model, model_payload, save_checkpoint
+from onedp_control.learning.checkpoint import (
+    load_model,
+    model_payload,
+    read_checkpoint,
+    save_checkpoint,
+)
 from onedp_control.policies.diffusion import DiffusionPolicy, ModelConfig
 from onedp_control.policies.ofp import OneStepFlowPolicy
 from onedp_control.policies.two_time import TwoTimePolicy
@@ -222,6 +227,26 @@ def test_bad_train_method_is_named(tmp_path, dataset, capsys, method, schedule, 
     err = capsys.readouterr().err
     assert "bad.yaml" in err and message in err
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_teacher_starts_from_another_schedules_weights(tmp_path, dataset, policies, capsys):
+    """The flow teacher may start from the EDM teacher's network (same network, another
+    output); the lineage carries both phases. OFP, the method without a teacher, may not."""
+    config = train_config(
+        tmp_path / "flow.yaml", dataset, "flow", "flow", 2, init_from=str(policies["edm"])
+    )
+    assert main(["train", "--config", str(config), "--quiet"]) == 0
+    lineage = read_checkpoint(tmp_path / "flow" / "policy.pt")["lineage"]
+    assert [(entry["method"], entry["steps"]) for entry in lineage] == [
+        ("diffusion", 3),
+        ("flow", 2),
+    ]
+    config = train_config(
+        tmp_path / "ofp.yaml", dataset, "ofp", "flow", 2, init_from=str(policies["edm"])
+    )
+    assert main(["train", "--config", str(config), "--quiet"]) == 2
+    assert "method is 'diffusion', expected one of ofp" in capsys.readouterr().err
+    assert not (tmp_path / "ofp").exists()
 
 
 def test_samplers_follow_the_method(policies, tmp_path):

@@ -5,6 +5,7 @@ the runtime config and the node graph."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 import threading
 import time
 from pathlib import Path
@@ -92,8 +93,15 @@ def test_deadline_loop_in_a_thread_reports_errors_and_stops():
             raise RuntimeError("boom")
 
     loop = DeadlineLoop(0.01, step, clock=time.monotonic, on_error=errors.append)
-    loop.start()
-    loop._thread.join(2.0)
+    default_interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.005)  # CPython's default
+    try:
+        loop.start()
+        # The waking loop gets the GIL back within a millisecond, not CPython's 5.
+        assert sys.getswitchinterval() == pytest.approx(0.001)
+        loop._thread.join(2.0)
+    finally:
+        sys.setswitchinterval(default_interval)
     assert not loop.running and len(seen) == 3
     assert isinstance(loop.error, RuntimeError) and errors == [loop.error]
     stats = loop.stats()

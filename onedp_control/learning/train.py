@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +73,7 @@ class TrainConfig:
 
 # The schedules each method trains on.
 TRAIN_METHODS = {"diffusion": ("ddpm", "edm"), "flow": ("flow",), OFP: ("flow",)}
+TEACHERS = ("diffusion", "flow")
 
 
 def ema_decay(step: int, power: float, max_decay: float) -> float:
@@ -124,11 +125,22 @@ def check_method(cfg: TrainConfig, where: str) -> None:
         cfg.ofp.validate(f"{where}:ofp")
 
 
+# Teachers share one network and differ only in what its output means (noise, denoised
+# actions or velocity), so one teacher's weights can start another's training: the rival
+# teachers of the methods table start from the DDPM teacher's 21,000 steps of visual features
+# instead of spending CPU hours relearning them (the lineage keeps those steps on their bill).
+# OFP starts from nothing: the method's point is that it needs no teacher.
+WARM_START_SOURCES = {"diffusion": TEACHERS, "flow": TEACHERS, OFP: (OFP,)}
+
+
 def init_weights(model: DiffusionPolicy, source: Path, method: str, where: str) -> list[dict]:
     """Loads the weights of `source` into `model`; returns the lineage of `source`."""
-    payload, start = load_model(source, (method,))
-    if start.config != model.config:
-        raise ConfigError(f"{where}: init_from {source} has a different model configuration")
+    payload, start = load_model(source, WARM_START_SOURCES[method])
+    if replace(start.config, schedule=model.config.schedule) != model.config:
+        raise ConfigError(
+            f"{where}: init_from {source} has a different model configuration (only the "
+            "schedule may differ)"
+        )
     model.load_state_dict(start.state_dict())
     return training_lineage(payload, source)
 
