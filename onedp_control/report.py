@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from onedp_control.config import from_dict
+from onedp_control.engines.base import manifest_path, read_manifest
 from onedp_control.errors import ConfigError
 from onedp_control.evaluate import EVAL_SEED, evaluate
 from onedp_control.files import write_json_atomic
@@ -61,8 +62,18 @@ def load_plan(path: Path) -> ReportPlan:
 
 
 def training_cost(policy: Path) -> dict:
-    """Steps per phase from the policy file's lineage, and their total."""
-    lineage = training_lineage(read_checkpoint(policy), policy)
+    """Steps per phase from the policy's lineage (a checkpoint's, or the manifest's of an
+    exported engine), and their total."""
+    if policy.suffix == ".pt":
+        lineage = training_lineage(read_checkpoint(policy), policy)
+    else:
+        manifest, _ = read_manifest(policy)
+        if "lineage" not in manifest:
+            raise ConfigError(
+                f"{manifest_path(policy)}: no training lineage (exported before engines "
+                f"carried one); export {manifest.get('checkpoint', 'the checkpoint')} again"
+            )
+        lineage = manifest["lineage"]
     steps = [entry.get("steps") or 0 for entry in lineage]
     return {
         "phases": [f"{entry.get('method')} {entry.get('steps')}" for entry in lineage],
@@ -129,6 +140,7 @@ def report_methods(
             entry.update(
                 scored=True,
                 sampler=lockstep["sampler"],
+                backend=lockstep["backend"],
                 nfe=lockstep["nfe"],
                 lockstep=_score(lockstep),
                 realtime_move=_score(moved),
@@ -166,7 +178,8 @@ def methods_markdown(report: dict) -> str:
         lock, move, cost = row["lockstep"], row["realtime_move"], row["training"]
         lines.append(
             f"| {row['label']} | {row['nfe']} | {_percent(lock)} | {_seconds(lock)} | "
-            f"{_percent(move)} | {_seconds(move)} | {lock['inference_ms_median']:.1f} | "
+            f"{_percent(move)} | {_seconds(move)} | "
+            f"{lock['inference_ms_median']:.1f} ({row['backend']}) | "
             f"{cost['total_steps']} ({' + '.join(cost['phases'])}) |"
         )
     return "\n".join(lines) + "\n"

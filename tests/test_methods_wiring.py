@@ -311,6 +311,9 @@ def test_report_methods_scores_each_row_on_both_clocks_and_resumes(
 ):
     for task in ("pnp_milk", "pnp_milk_move"):
         monkeypatch.setitem(TASKS, task, dataclasses.replace(TASKS[task], time_limit_s=2.0))
+    # A row may be an exported engine: its manifest carries the lineage.
+    flow_onnx = tmp_path / "flow.onnx"
+    assert main(["export", "--checkpoint", str(policies["flow"]), "--onnx", str(flow_onnx)]) == 0
     plan = write_yaml(
         tmp_path / "plan.yaml",
         {
@@ -318,7 +321,7 @@ def test_report_methods_scores_each_row_on_both_clocks_and_resumes(
             "rows": [
                 {"label": "CP-1", "policy": str(policies["cp"])},
                 {"label": "CP-3", "policy": str(policies["cp"]), "sampler": "cp3"},
-                {"label": "flow-2", "policy": str(policies["flow"]), "sampler": "euler2"},
+                {"label": "flow-2", "policy": str(flow_onnx), "sampler": "euler2"},
                 {"label": "OneDP-S", "policy": str(tmp_path / "not-trained.pt")},
             ],
         },
@@ -334,9 +337,12 @@ def test_report_methods_scores_each_row_on_both_clocks_and_resumes(
     # Training cost: the EDM teacher's steps and the distillation's, from the lineage.
     assert rows["CP-1"]["training"]["phases"] == ["diffusion 3", "cp 2"]
     assert rows["CP-1"]["training"]["total_steps"] == 5
+    assert rows["flow-2"]["training"]["phases"] == ["flow 3"]
+    assert [rows[label]["backend"] for label in ("CP-1", "flow-2")] == ["torch", "onnxruntime"]
     assert not rows["OneDP-S"]["scored"] and "not trained" in rows["OneDP-S"]["note"]
     markdown = table.read_text()
     assert "| CP-3 | 3 |" in markdown and "| OneDP-S | | not trained here" in markdown
+    assert "(onnxruntime) | 3 (flow 3) |" in markdown
 
     def no_evaluation(*args, **kwargs):
         raise AssertionError("--resume evaluated a row it already had")

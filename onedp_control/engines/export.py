@@ -30,6 +30,7 @@ from onedp_control.engines.graphs import (
 from onedp_control.engines.torch_backend import load_checkpoint_model
 from onedp_control.errors import ConfigError
 from onedp_control.files import check_output_path, write_json_atomic
+from onedp_control.learning.checkpoint import read_checkpoint, training_lineage
 from onedp_control.policies.diffusion import DiffusionPolicy
 
 OPSET = 17
@@ -142,6 +143,8 @@ def export_onnx(checkpoint: Path, out: Path, sampler: str | None = None) -> dict
     manifest = {
         "format": MANIFEST_FORMAT,
         "checkpoint": str(checkpoint),
+        # How the network was trained travels with it (the methods table bills it).
+        "lineage": training_lineage(read_checkpoint(checkpoint), checkpoint),
         "opset": OPSET,
         "schedule": model.schedule.kind,
         "spec": spec.to_json(),
