@@ -6,7 +6,8 @@ quality alone) and on its `_move` variant with the real-time clock (the carton p
 the policy thinks: what latency costs), over the same seeds; the training cost comes from the
 policy file's lineage (every phase, the teacher's too). Rows whose policy file does not exist
 are listed as not trained, not left out. The JSON is rewritten after each row, and `--resume`
-keeps the rows already scored with the same episodes, so a long CPU run can be continued.
+keeps the rows already scored with the same episodes, policy file and sampler, so a long CPU
+run can be continued (or a row scored again by pointing it at another file).
 """
 
 from __future__ import annotations
@@ -116,8 +117,13 @@ def report_methods(
         "rows": [],
     }
     for row in plan.rows:
-        if row.label in done:
-            report["rows"].append(done[row.label])
+        earlier_row = done.get(row.label)
+        if (
+            earlier_row is not None
+            and earlier_row["policy"] == row.policy
+            and row.sampler in (None, earlier_row["sampler"])
+        ):
+            report["rows"].append(earlier_row)
             continue
         entry: dict = {"label": row.label, "policy": row.policy, "sampler": row.sampler}
         policy = Path(row.policy)

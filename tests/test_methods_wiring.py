@@ -349,6 +349,13 @@ def test_report_methods_scores_each_row_on_both_clocks_and_resumes(
 
     monkeypatch.setattr("onedp_control.report.evaluate", no_evaluation)
     assert main([*command, "--json", str(out), "--resume"]) == 0
+    # A row pointed at another policy file is not the row scored before.
+    moved = yaml.safe_load(plan.read_text())
+    moved["rows"][0]["policy"] = str(tmp_path / "retrained.pt")
+    write_yaml(plan, moved)
+    assert main([*command, "--json", str(out), "--resume"]) == 0
+    rows = {row["label"]: row for row in json.loads(out.read_text())["rows"]}
+    assert not rows["CP-1"]["scored"] and rows["CP-3"]["scored"]
     bad = write_yaml(tmp_path / "bad.yaml", {"task": "pnp_milk", "rows": [{"lable": "x"}]})
     assert main(["report", "methods", "--plan", str(bad), "--quiet"]) == 2
     assert "bad.yaml: rows[0]" in capsys.readouterr().err
