@@ -222,6 +222,49 @@ def test_the_policy_replans_on_schedule_when_the_wrist_frame_comes_after_the_fro
     assert np.median(np.diff(chunks)) == pytest.approx(0.4, abs=0.051)
 
 
+def test_an_unanswered_lifecycle_request_is_settled_by_the_nodes_state(ros_domain, monkeypatch):
+    """A transition whose answer does not come is settled by asking the node's state: here a
+    configure slower than the runner waits for an answer, and an activation whose answer is
+    lost on the way back (seen once in CI, while DDS was still matching the reply path)."""
+    from lifecycle_msgs.msg import Transition
+    from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+
+    from onedp_control.ros import runner as runner_module
+
+    class SlowToConfigure(LifecycleNode):
+        def on_configure(self, state):
+            time.sleep(1.0)
+            return TransitionCallbackReturn.SUCCESS
+
+    managed = SlowToConfigure("slow_to_configure")
+    executor = SingleThreadedExecutor()
+    executor.add_node(managed)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    monkeypatch.setattr(runner_module, "LIFECYCLE_ANSWER_S", 0.2)
+    call = runner_module.GraphRunner._call
+
+    def losing_the_activation_answer(executor, client, request, deadline):
+        answer = call(executor, client, request, deadline)
+        activating = getattr(request, "transition", None) is not None and (
+            request.transition.id == Transition.TRANSITION_ACTIVATE
+        )
+        return None if activating else answer
+
+    monkeypatch.setattr(
+        runner_module.GraphRunner, "_call", staticmethod(losing_the_activation_answer)
+    )
+    runner = graph(Path("unused.pt"), ros_domain)
+    recorder = Recorder()
+    try:
+        for transition in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
+            runner.transition(recorder.node, recorder.executor, managed.get_name(), transition, 10)
+        assert managed._state_machine.current_state[1] == "active"
+    finally:
+        recorder.close()
+        executor.shutdown()
+        managed.destroy_node()
+
+
 class ScriptedOperator:
     """The scripted expert as a person at a teleop device: it watches the cell through topics
     (the measured pose, the fingers and, as a person's eyes would, the sim's true carton pose)

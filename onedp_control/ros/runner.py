@@ -39,6 +39,10 @@ from onedp_control.runtime.graph import (
     pnp_milk_graph,
 )
 
+# How long a lifecycle service call may stay unanswered before the node's state is asked: a
+# configure that loads a model takes a few seconds on a loaded 2-core machine.
+LIFECYCLE_ANSWER_S = 10.0
+
 
 def node_command(spec: NodeSpec, config: Path, overrides: dict) -> list[str]:
     command = [sys.executable, "-m", spec.module, "--ros-args", "-r", f"__node:={spec.name}"]
@@ -214,25 +218,71 @@ class GraphRunner:
         node.create_subscription(JointTrajectory, CHUNK_TOPIC, on_chunk, RELIABLE_QOS)
 
     def transition(self, node, executor, name: str, transition_id: int, timeout: float) -> None:
-        from lifecycle_msgs.srv import ChangeState
+        """Asks node `name` for a lifecycle transition and waits until it is in the state the
+        transition leads to. `wait_for_service` only says the request can reach the node; on a
+        loaded machine the reply path may not be matched yet and the answer is lost (seen in
+        CI: a configure that never answered in 120 s). So an unanswered request is followed by
+        asking the node's state: already there is success, still in the state before is a
+        request lost, sent again."""
+        from lifecycle_msgs.msg import State, Transition
+        from lifecycle_msgs.srv import ChangeState, GetState
 
-        client = node.create_client(ChangeState, f"/{name}/change_state")
+        start_state, goal_state = {
+            Transition.TRANSITION_CONFIGURE: (
+                State.PRIMARY_STATE_UNCONFIGURED,
+                State.PRIMARY_STATE_INACTIVE,
+            ),
+            Transition.TRANSITION_ACTIVATE: (
+                State.PRIMARY_STATE_INACTIVE,
+                State.PRIMARY_STATE_ACTIVE,
+            ),
+        }[transition_id]
         deadline = time.time() + timeout
-        while not client.wait_for_service(timeout_sec=0.2):
-            if name in self.dead():
-                raise ConfigError(f"node '{name}' exited: {self.last_words(name)}")
-            if time.time() > deadline:
-                raise ConfigError(f"node '{name}': no lifecycle service after {timeout:.0f} s")
-        request = ChangeState.Request()
-        request.transition.id = transition_id
-        future = client.call_async(request)
-        executor.spin_until_future_complete(future, timeout_sec=max(0.1, deadline - time.time()))
-        if not future.done() or not future.result().success:
+        change = node.create_client(ChangeState, f"/{name}/change_state")
+        status = node.create_client(GetState, f"/{name}/get_state")
+        try:
+            for client in (change, status):
+                while not client.wait_for_service(timeout_sec=0.2):
+                    if name in self.dead():
+                        raise ConfigError(f"node '{name}' exited: {self.last_words(name)}")
+                    if time.time() > deadline:
+                        raise ConfigError(
+                            f"node '{name}': no lifecycle service after {timeout:.0f} s"
+                        )
+            request = ChangeState.Request()
+            request.transition.id = transition_id
+            while time.time() < deadline:
+                answer = self._call(executor, change, request, deadline)
+                if answer is not None:
+                    if answer.success:
+                        return
+                    break
+                if name in self.dead():
+                    break
+                # A node busy in the transition answers get_state once it is done.
+                state = self._call(executor, status, GetState.Request(), deadline)
+                if state is not None and state.current_state.id == goal_state:
+                    return
+                if state is not None and state.current_state.id != start_state:
+                    break
             raise ConfigError(
                 f"node '{name}': lifecycle transition {transition_id} failed: "
                 f"{self.last_words(name)}"
             )
-        node.destroy_client(client)
+        finally:
+            node.destroy_client(change)
+            node.destroy_client(status)
+
+    @staticmethod
+    def _call(executor, client, request, deadline: float):
+        """The service's answer, or None when none came within LIFECYCLE_ANSWER_S."""
+        future = client.call_async(request)
+        wait = min(LIFECYCLE_ANSWER_S, deadline - time.time())
+        executor.spin_until_future_complete(future, timeout_sec=max(0.1, wait))
+        if future.done():
+            return future.result()
+        client.remove_pending_request(future)
+        return None
 
     def bring_up(
         self, node, executor, timeout_s: float = 120.0, names: tuple[str, ...] | None = None
