@@ -8,8 +8,8 @@ AdamW with linear warm-up and cosine decay, an exponential moving average of the
 EMA weights are the policy), a progress bar, a checkpoint every `checkpoint_every` steps
 (`last.pt`, resumable, plus `policy.pt`, the EMA policy alone) and the loss curve as
 `loss.png`; TensorBoard scalars when asked for. `init_from` starts a new phase (fresh optimiser
-and schedule) from an earlier policy file. A resumed run continues the same random
-streams, so it matches an unbroken one.
+and schedule) from an earlier policy file, also a teacher's of another schedule. A resumed run
+continues the same random streams, so it matches an unbroken one.
 """
 
 from __future__ import annotations
