@@ -118,14 +118,22 @@ def report_methods(
     }
     for row in plan.rows:
         earlier_row = done.get(row.label)
-        if (
-            earlier_row is not None
-            and earlier_row["policy"] == row.policy
-            and row.sampler in (None, earlier_row["sampler"])
-        ):
+        # Compared with the sampler the plan asked for: the stored `sampler` is the resolved
+        # one, which cannot tell "the policy's own" (None) from a sampler the plan named.
+        scored_as = (
+            None
+            if earlier_row is None
+            else (earlier_row["policy"], earlier_row.get("plan_sampler"))
+        )
+        if scored_as == (row.policy, row.sampler):
             report["rows"].append(earlier_row)
             continue
-        entry: dict = {"label": row.label, "policy": row.policy, "sampler": row.sampler}
+        entry: dict = {
+            "label": row.label,
+            "policy": row.policy,
+            "sampler": row.sampler,
+            "plan_sampler": row.sampler,
+        }
         policy = Path(row.policy)
         if not policy.is_file():
             entry["scored"] = False
