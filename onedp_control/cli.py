@@ -413,9 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument(
         "--sampler",
-        help="a teacher's ddpm or ddimN (DDPM), edmN (EDM) or eulerN (flow); onestep, or cpN "
-        "(a cp policy chained over N jumps); default: ddpm, edm18 or euler50 for a teacher, "
-        "onestep for a one-step policy",
+        help="a teacher's ddpm or ddimN (DDPM), edmN or edmsN (EDM) or eulerN (flow); onestep, "
+        "or cpN (a cp policy chained over N jumps); default: ddpm, edm18 or euler50 for a "
+        "teacher, onestep for a one-step policy",
     )
     evaluate.add_argument(
         "--backend",

@@ -252,9 +252,9 @@ def test_a_teacher_starts_from_another_schedules_weights(tmp_path, dataset, poli
 def test_samplers_follow_the_method(policies, tmp_path):
     for name, sampler, hint in [
         ("flow", "ddpm", "does not apply to a flow model with the flow schedule"),
-        ("edm", "ddim4", "use edm18 or edmN"),
+        ("edm", "ddim4", "use edm18, edmN, edmsN"),
         ("imle", "cp3", "use onestep"),
-        ("cp", "edm4", "use onestep or cpN"),
+        ("cp", "edm4", "use onestep, cpN"),
     ]:
         with pytest.raises(ConfigError, match=hint):
             load_engine(policies[name], sampler=sampler)

@@ -79,3 +79,34 @@ def test_losses_are_zero_for_the_oracle():
     generator = torch.Generator().manual_seed(3)
     assert float(ddpm.loss(oracle_eps(ddpm, []), X0.expand(8, 1, 3), None, generator)) < 1e-8
     assert float(edm.loss(oracle_edm(edm, []), X0.expand(8, 1, 3), None, generator)) < 1e-8
+
+
+def test_stochastic_heun_recovers_a_point_mass_and_draws_fresh_noise():
+    schedule = EDMSchedule()
+    noise = torch.randn(3, 1, 3, generator=torch.Generator().manual_seed(2))
+    calls = []
+    out = schedule.sample_heun(
+        oracle_edm(schedule, calls), noise, None, 10, True, torch.Generator().manual_seed(4)
+    )
+    torch.testing.assert_close(out, X0.expand(3, 1, 3), atol=1e-4, rtol=0)
+    assert len(calls) == 2 * 10 - 1
+
+    def recorded(net):
+        """The noisy inputs the sampler shows the denoiser."""
+        seen = []
+
+        def wrapped(x_in, c_noise, cond):
+            seen.append(x_in.clone())
+            return net(x_in, c_noise, cond)
+
+        return wrapped, seen
+
+    runs = []
+    for stochastic, seed in ((False, 0), (True, 5), (True, 5), (True, 6)):
+        net, seen = recorded(oracle_edm(schedule, []))
+        schedule.sample_heun(net, noise, None, 10, stochastic, torch.Generator().manual_seed(seed))
+        runs.append(torch.stack(seen))
+    ode, churned, same_seed, other_seed = runs
+    assert not torch.allclose(ode, churned)  # churn adds noise on the way
+    torch.testing.assert_close(churned, same_seed)  # drawn from the generator given
+    assert not torch.allclose(churned, other_seed)

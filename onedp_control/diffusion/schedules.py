@@ -8,8 +8,9 @@ depends on the parameterisation:
   DDPM (all K steps) and DDIM (eta = 0, any number of steps).
 - `EDMSchedule`: continuous sigma, Karras et al. 2022 preconditioning with sigma_d = 0.5,
   x0 prediction, loss weight (sigma^2 + sigma_d^2) / (sigma * sigma_d)^2, log-normal training
-  sigmas; the network's level input is c_noise = ln(sigma) / 4. Sampler: Heun's second-order
-  method on the Karras sigma grid (2N - 1 network evaluations for N steps).
+  sigmas; the network's level input is c_noise = ln(sigma) / 4. Samplers: Heun's second-order
+  method on the Karras sigma grid (2N - 1 network evaluations for N steps), deterministic, or
+  stochastic with churn (Karras et al. 2022, Algorithm 2).
 - `FlowSchedule`: conditional flow matching on the straight path (Lipman et al. 2023; rectified
   flow, Liu et al. 2023), velocity prediction, uniform training times; the network's level
   input is 100 t. Sampler: Euler with k steps (k network evaluations).
@@ -140,6 +141,12 @@ class DDPMSchedule:
         return x
 
 
+# The noise levels at which the stochastic Heun sampler churns (Karras et al. 2022 use
+# S_tmin = 0.05, S_tmax = 50 for ImageNet-64).
+CHURN_SIGMA_MIN = 0.05
+CHURN_SIGMA_MAX = 50.0
+
+
 @dataclass(frozen=True)
 class EDMSchedule:
     sigma_data: float = 0.5
@@ -195,12 +202,30 @@ class EDMSchedule:
         ) ** self.rho
         return torch.cat([sigmas, torch.zeros(1)])
 
-    def sample_heun(self, net: Network, noise: torch.Tensor, cond, count: int) -> torch.Tensor:
-        """Heun's 2nd-order ODE solver: 2 * count - 1 network evaluations."""
+    def sample_heun(
+        self,
+        net: Network,
+        noise: torch.Tensor,
+        cond,
+        count: int,
+        stochastic: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Heun's 2nd-order solver: 2 * count - 1 network evaluations. Deterministic (the ODE),
+        or `stochastic`: Algorithm 2 of Karras et al. 2022, which before each step raises the
+        noise level by the factor 1 + gamma and adds the matching fresh noise, so that, like
+        ancestral DDPM, each chunk commits to one of the modes the denoiser sees rather than
+        following the ODE between them. gamma = sqrt(2) - 1 (the most Algorithm 2 allows) for
+        sigma in [CHURN_SIGMA_MIN, CHURN_SIGMA_MAX], S_noise = 1."""
         sigmas = self.karras_sigmas(count)
         x = noise * sigmas[0]
         for index in range(count):
             sigma, sigma_next = sigmas[index], sigmas[index + 1]
+            if stochastic and CHURN_SIGMA_MIN <= sigma <= CHURN_SIGMA_MAX:
+                raised = sigma * math.sqrt(2)
+                fresh = torch.randn(x.shape, generator=generator).to(x)
+                x = x + (raised**2 - sigma**2).sqrt() * fresh
+                sigma = raised
             level = torch.full((x.shape[0],), float(sigma))
             slope = (x - self.x0(net, x, level, cond)) / sigma
             x_next = x + (sigma_next - sigma) * slope

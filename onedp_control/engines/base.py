@@ -13,7 +13,7 @@ features at the next control step (obs horizon 2: half the encoder work):
 
 Methods (the `method` of a checkpoint and of an engine's spec):
 - teachers, a multi-step sampler around a denoising network: `diffusion` (Diffusion Policy,
-  DDPM or EDM schedule: samplers ddpm, ddimN or edmN) and `flow` (flow matching: eulerN);
+  DDPM or EDM schedule: samplers ddpm, ddimN, edmN or edmsN) and `flow` (flow matching: eulerN);
 - one-step generators, the whole chunk in one network evaluation (sampler `onestep`):
   `onedp-s` and `onedp-d` (OneDP), `cp` (Consistency Policy; also cpN, N jumps), `imle` (IMLE
   set distillation of a flow teacher) and `ofp` (One-Step Flow Policy).
@@ -69,7 +69,7 @@ class EngineSpec:
     action_dim: int
     low_dim: int
     frame_dim: int
-    sampler: str  # ddpm, ddimN, edmN, eulerN (teachers), onestep, cpN (one-step methods)
+    sampler: str  # ddpm, ddimN, edmN, edmsN, eulerN (teachers), onestep, cpN (one-step methods)
     nfe: int  # network evaluations per chunk
 
     @property

@@ -26,11 +26,11 @@ from onedp_control.policies.imle import IMLEConfig
 from onedp_control.policies.onedp import OneDPConfig
 
 # The samplers a teacher's schedule runs, the first its default. EDM: 18 Heun steps (35 network
-# evaluations), the default of Karras et al. 2022; flow: the 50 Euler steps of the seed 002
-# teacher (policies/flow.py).
+# evaluations), the default of Karras et al. 2022, deterministic or (edmsN) stochastic; flow:
+# the 50 Euler steps of the seed 002 teacher (policies/flow.py).
 TEACHER_SAMPLERS = {
     "ddpm": ("ddpm", "ddimN"),
-    "edm": ("edm18", "edmN"),
+    "edm": ("edm18", "edmN", "edmsN"),
     "flow": ("euler50", "eulerN"),
 }
 # The one-step methods' generator settings, by their key in the policy file. OFP's settings
@@ -59,7 +59,7 @@ def check_sampler(method: str, schedule: str, sampler: Sampler, where: str) -> N
     if sampler.name not in names:
         raise ConfigError(
             f"{where}: sampler '{sampler.label}' does not apply to a {method} model with the "
-            f"{schedule} schedule (use {' or '.join(samplers_for(method, schedule))})"
+            f"{schedule} schedule (use {', '.join(samplers_for(method, schedule))})"
         )
 
 

@@ -69,7 +69,8 @@ PAPER_MODEL = ModelConfig(
 
 @dataclass(frozen=True)
 class Sampler:
-    """How to draw an action chunk: `ddpm` (K steps), `ddimN`, `edmN` (Heun, N steps), `eulerN`
+    """How to draw an action chunk: `ddpm` (K steps), `ddimN`, `edmN` (Heun, N steps), `edmsN`
+    (Heun with churn: stochastic, N steps), `eulerN`
     (a flow teacher, N Euler steps), `onestep` (a one-step generator) or `cpN` (a consistency
     student chained over N steps, policies/consistency.py; cp1 is its onestep)."""
 
@@ -78,18 +79,18 @@ class Sampler:
 
     @classmethod
     def parse(cls, text: str) -> Sampler:
-        match = re.fullmatch(r"(ddpm|ddim|edm|euler|onestep|cp)(\d*)", text)
+        match = re.fullmatch(r"(ddpm|ddim|edms|edm|euler|onestep|cp)(\d*)", text)
         if match is None:
             raise ConfigError(
                 f"--sampler: unknown sampler '{text}' "
-                "(use ddpm, ddimN, edmN, eulerN, onestep or cpN)"
+                "(use ddpm, ddimN, edmN, edmsN, eulerN, onestep or cpN)"
             )
         name, digits = match.groups()
         if name == "ddpm" and not digits:
             return cls("ddpm", 100)
         if name == "onestep" and not digits:
             return cls("onestep", 1)
-        if name in ("ddim", "edm", "euler", "cp") and digits and int(digits) >= 1:
+        if name in ("ddim", "edm", "edms", "euler", "cp") and digits and int(digits) >= 1:
             return cls(name, int(digits))
         raise ConfigError(f"--sampler: '{text}' needs a step count (e.g. ddim10) or none (ddpm)")
 
@@ -99,7 +100,7 @@ class Sampler:
 
     @property
     def nfe(self) -> int:
-        return 2 * self.steps - 1 if self.name == "edm" else self.steps
+        return 2 * self.steps - 1 if self.name in ("edm", "edms") else self.steps
 
 
 class Normalizer(nn.Module):
@@ -184,8 +185,9 @@ def run_sampler(
         return schedule.sample_ddpm(net, noise, cond, generator)
     if sampler.name == "ddim" and schedule.kind == "ddpm":
         return schedule.sample_ddim(net, noise, cond, sampler.steps)
-    if sampler.name == "edm" and schedule.kind == "edm":
-        return schedule.sample_heun(net, noise, cond, sampler.steps)
+    if sampler.name in ("edm", "edms") and schedule.kind == "edm":
+        stochastic = sampler.name == "edms"
+        return schedule.sample_heun(net, noise, cond, sampler.steps, stochastic, generator)
     if sampler.name == "euler" and schedule.kind == "flow":
         return schedule.sample_euler(net, noise, cond, sampler.steps)
     raise ConfigError(
