@@ -213,10 +213,10 @@ class EDMSchedule:
     ) -> torch.Tensor:
         """Heun's 2nd-order solver: 2 * count - 1 network evaluations. Deterministic (the ODE),
         or `stochastic`: Algorithm 2 of Karras et al. 2022, which before each step raises the
-        noise level by the factor 1 + gamma and adds the matching fresh noise, so that, like
-        ancestral DDPM, each chunk commits to one of the modes the denoiser sees rather than
-        following the ODE between them. gamma = sqrt(2) - 1 (the most Algorithm 2 allows) for
-        sigma in [CHURN_SIGMA_MIN, CHURN_SIGMA_MAX], S_noise = 1."""
+        noise level by the factor 1 + gamma and adds the matching fresh noise: fresh noise on
+        the way, as in ancestral DDPM, where our DDPM teacher's deterministic DDIM lands between
+        modes and its DDPM does not. gamma = sqrt(2) - 1 (the most Algorithm 2 allows) for sigma
+        in [CHURN_SIGMA_MIN, CHURN_SIGMA_MAX], S_noise = 1."""
         sigmas = self.karras_sigmas(count)
         x = noise * sigmas[0]
         for index in range(count):

@@ -70,9 +70,9 @@ PAPER_MODEL = ModelConfig(
 @dataclass(frozen=True)
 class Sampler:
     """How to draw an action chunk: `ddpm` (K steps), `ddimN`, `edmN` (Heun, N steps), `edmsN`
-    (Heun with churn: stochastic, N steps), `eulerN`
-    (a flow teacher, N Euler steps), `onestep` (a one-step generator) or `cpN` (a consistency
-    student chained over N steps, policies/consistency.py; cp1 is its onestep)."""
+    (Heun with churn, stochastic, N steps), `eulerN` (a flow teacher, N Euler steps), `onestep`
+    (a one-step generator) or `cpN` (a consistency student chained over N steps,
+    policies/consistency.py; cp1 is its onestep)."""
 
     name: str
     steps: int
