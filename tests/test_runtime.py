@@ -61,13 +61,14 @@ def test_ring_keeps_the_newest_and_refuses_old_stamps():
 # ---------------------------------------------------------------------------- deadline loop
 def test_deadline_loop_keeps_absolute_deadlines_and_counts_misses():
     fake_now = [0.0]
-    ticks = []
+    ticks, deadlines = [], []
 
     def clock() -> float:
         return fake_now[0]
 
     def step(now: float) -> None:
         ticks.append(now)
+        deadlines.append(loop.tick_deadline)
         # Each step takes 10 ms, and the fourth one 130 ms (more than two periods).
         fake_now[0] += 0.13 if len(ticks) == 4 else 0.01
         if len(ticks) == 8:
@@ -81,6 +82,8 @@ def test_deadline_loop_keeps_absolute_deadlines_and_counts_misses():
     # 0.15 + 0.13 = 0.28: the deadlines at 0.20 and 0.25 are gone; the next is 0.30.
     assert loop.missed_deadlines == 1
     assert ticks[4:] == pytest.approx([0.28, 0.30, 0.35, 0.40])
+    # The late tick's nominal time is the last deadline it passed.
+    assert deadlines == pytest.approx([0.0, 0.05, 0.10, 0.15, 0.25, 0.30, 0.35, 0.40])
 
 
 def test_deadline_loop_in_a_thread_reports_errors_and_stops():
@@ -190,6 +193,24 @@ def test_command_loop_holds_until_the_watchdog_allows_and_a_chunk_exists(sim_rob
     nan_chunk[:, 0] = np.nan
     loop.scheduler.offer(ActionChunk(0.36, 0.05, nan_chunk))
     assert loop.tick(0.37, state).reason == "unsafe target: non-finite target"
+
+
+def test_sim_robot_steps_skipped_periods_and_stamps_its_state_on_the_wall_clock():
+    """A loop that skipped ticks advances the world by as many periods (the world does not wait
+    for a late controller); the state's stamp is world time on the wall clock."""
+    with PnpMilkWorld("pnp_milk", render=False) as world:
+        robot = SimRobot(world)
+        period = world.task.control_period_s
+        robot.reset(0, wall_time=100.0)
+        assert robot.get_state().stamp == pytest.approx(100.0)
+        robot.advance()
+        robot.advance(3)
+        assert world.time == pytest.approx(4 * period)
+        assert robot.get_state().stamp == pytest.approx(100.0 + 4 * period)
+        robot.advance(0)
+        assert world.time == pytest.approx(4 * period)
+        robot.anchor(200.0)  # after a pause: the world as it is now is the world at 200 s
+        assert robot.get_state().stamp == pytest.approx(200.0)
 
 
 # ---------------------------------------------------------------------------- watchdog

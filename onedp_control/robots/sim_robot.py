@@ -1,8 +1,10 @@
 """The MuJoCo pnp-milk world behind the Robot interface, for sim-in-the-loop runs.
 
 `send_target` stores the target (it returns at once, like franky's asynchronous motions);
-`advance` steps the world by one control period toward it, or holding the last target, and is
-called by the sim node once per tick. The state is the world's measured one.
+`advance` steps the world by control periods toward it, or holding the last target: the sim
+node calls it once per tick, and once more for each tick its loop skipped, as a real arm keeps
+moving while its controller is late. The state is the world's measured one, stamped on the
+wall clock through `time_offset`.
 """
 
 from __future__ import annotations
@@ -70,13 +72,18 @@ class SimRobot(Robot):
         self._check_connected()
         self._error = None
 
-    def advance(self) -> None:
-        if self._target is None:
-            self.world.hold()
-        else:
-            self.world.step(self._target)
+    def advance(self, periods: int = 1) -> None:
+        for _ in range(periods):
+            if self._target is None:
+                self.world.hold()
+            else:
+                self.world.step(self._target)
+
+    def anchor(self, wall_time: float) -> None:
+        """The world as it is now is the world at `wall_time`."""
+        self.time_offset = wall_time - self.world.time
 
     def reset(self, seed: int, wall_time: float) -> None:
         self.world.reset(seed)
         self._target = None
-        self.time_offset = wall_time - self.world.time
+        self.anchor(wall_time)

@@ -223,7 +223,9 @@ class GraphRunner:
         loaded machine the reply path may not be matched yet and the answer is lost (seen in
         CI: a configure that never answered in 120 s). So an unanswered request is followed by
         asking the node's state: already there is success, still in the state before is a
-        request lost, sent again."""
+        request lost, sent again. A refusal is settled the same way: a request sent again may
+        reach the node after the first one did the work (a configure slower than the wait for
+        its answer), and is then refused from the very state it asked for."""
         from lifecycle_msgs.msg import State, Transition
         from lifecycle_msgs.srv import ChangeState, GetState
 
@@ -253,17 +255,12 @@ class GraphRunner:
             request.transition.id = transition_id
             while time.time() < deadline:
                 answer = self._call(executor, change, request, deadline)
-                if answer is not None:
-                    if answer.success:
-                        return
-                    break
-                if name in self.dead():
-                    break
-                # A node busy in the transition answers get_state once it is done.
-                state = self._call(executor, status, GetState.Request(), deadline)
-                if state is not None and state.current_state.id == goal_state:
+                if answer is not None and answer.success:
                     return
-                if state is not None and state.current_state.id != start_state:
+                state = self._settled_state(executor, status, name, deadline)
+                if state == goal_state:
+                    return
+                if answer is not None or state != start_state:
                     break
             raise ConfigError(
                 f"node '{name}': lifecycle transition {transition_id} failed: "
@@ -272,6 +269,27 @@ class GraphRunner:
         finally:
             node.destroy_client(change)
             node.destroy_client(status)
+
+    def _settled_state(self, executor, status, name: str, deadline: float) -> int | None:
+        """The node's primary state once it is in one (a node busy in a transition answers
+        get_state when it is done, or with the transition's state), or None: no answer before
+        the deadline, or the node exited."""
+        from lifecycle_msgs.msg import State
+        from lifecycle_msgs.srv import GetState
+
+        primary = (
+            State.PRIMARY_STATE_UNCONFIGURED,
+            State.PRIMARY_STATE_INACTIVE,
+            State.PRIMARY_STATE_ACTIVE,
+            State.PRIMARY_STATE_FINALIZED,
+        )
+        while time.time() < deadline and name not in self.dead():
+            answer = self._call(executor, status, GetState.Request(), deadline)
+            if answer is not None and answer.current_state.id in primary:
+                return answer.current_state.id
+            if answer is not None:  # in a transition: ask again shortly
+                time.sleep(0.05)
+        return None
 
     @staticmethod
     def _call(executor, client, request, deadline: float):

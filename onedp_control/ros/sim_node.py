@@ -6,10 +6,14 @@ then, each tick: publishes both cameras (Image + CameraInfo, sensor-data QoS) an
 pose and joint states of the world as it is now, stamped with the wall clock; takes the command
 for now (the same CommandLoop as the robot node: chunk target, or hold); and steps the physics
 one control period. World time keeps pace with the wall clock, so the policy's latency costs
-what it would cost on the real cell. Finished episodes are reported as JSON on /sim/episode;
-after `episodes` of them the loop stops. The carton's true pose goes out on /sim/carton_pose
-each tick: ground truth that no real cell has, for scripted operators and checks, never for a
-policy.
+what it would cost on the real cell: a tick the loop skipped (a missed deadline on a loaded
+machine) passes in the world too, toward the last target, or the frames' and states' stamps
+would fall a period behind the wall clock for each miss and the watchdog would hold for good.
+The world clock is anchored to the wall clock at the first tick of each episode and of each
+activation (time stands still in the world while the node is inactive). Finished episodes
+are reported as JSON on /sim/episode; after `episodes` of them the loop stops. The carton's
+true pose goes out on /sim/carton_pose each tick: ground truth that no real cell has, for
+scripted operators and checks, never for a policy.
 """
 
 from __future__ import annotations
@@ -78,6 +82,8 @@ class SimNode(LifecycleNode):
         self.rate_loop: DeadlineLoop | None = None
         self.faults = FaultSwitches(self, self.shared.fault_injection)
         self._fault_generation = 0
+        self._anchor_pending = True  # anchor the world clock at the next tick
+        self._missed_seen = 0  # the loop's missed deadlines the world has stepped through
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         if self.params.task not in TASKS:
@@ -123,6 +129,21 @@ class SimNode(LifecycleNode):
         self.robot.reset(self.params.seed + self.episode, now)
         self.loop.scheduler.clear(not_before=now)
         self.streamed_steps = 0
+        self._anchor_pending = True
+
+    def _keep_pace(self) -> None:
+        """Brings the world clock to this tick's nominal time: the first tick of an episode or
+        activation anchors it there (not at its start, which may be late by up to a period and
+        would stamp every later frame in the future); later, each deadline the loop skipped
+        since the last tick is a period the world steps through (the loop counts them before it
+        runs this tick)."""
+        missed = self.rate_loop.missed_deadlines
+        if self._anchor_pending:
+            self.robot.anchor(self.rate_loop.tick_deadline)
+            self._anchor_pending = False
+        else:
+            self.robot.advance(missed - self._missed_seen)
+        self._missed_seen = missed
 
     def _publish_images(self) -> None:
         if not self.params.publish_cameras:
@@ -137,6 +158,7 @@ class SimNode(LifecycleNode):
         self.rate_loop = DeadlineLoop(
             self.period, self._tick, name="sim", clock=time.time, on_error=self._on_loop_error
         )
+        self._anchor_pending = True
         self.rate_loop.start()
         return super().on_activate(state)
 
@@ -156,6 +178,7 @@ class SimNode(LifecycleNode):
             return
         # The world as it is now (world time keeps pace with this loop's wall-clock ticks), then
         # the command for now, then the physics up to the next tick.
+        self._keep_pace()
         self._publish_images()
         self._publish_carton(now)
         self._apply_faults()

@@ -45,6 +45,9 @@ class DeadlineLoop:
         self._step_durations: list[float] = []
         self._history = history
         self.missed_deadlines = 0
+        # The deadline of the tick being run: its nominal time (the step's `now` is at or after
+        # it, by up to a period after a miss), for clocks that must keep the nominal pace.
+        self.tick_deadline: float | None = None
         self.error: BaseException | None = None
         self._on_error = on_error
 
@@ -75,6 +78,7 @@ class DeadlineLoop:
                     skipped = int((now - deadline) // self.period_s)
                     self.missed_deadlines += skipped
                     deadline += skipped * self.period_s
+                self.tick_deadline = deadline
                 self._step(now)
                 if len(self._ticks) < self._history:
                     self._ticks.append(now)
