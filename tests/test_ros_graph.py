@@ -112,8 +112,14 @@ def test_sim_in_the_loop_streams_images_chunks_and_commands(ros_domain, tiny_mod
     runner.start(tmp_path / "logs")
     try:
         runner.bring_up(recorder.node, recorder.executor)
-        assert recorder.spin_until(lambda: sum(s for _, s in recorder.commands) >= 40, 60.0), (
-            f"the robot never streamed 40 commands; diagnostics: {recorder.diagnostics[-3:]}"
+        # Replanning every 8 steps: about one chunk per 0.4 s of streaming. Waited for, not
+        # counted at the 40th command: with the machine loaded twice over, this test's own
+        # subscription once had 1 chunk by then (discovery of a new subscriber is slow there).
+        assert recorder.spin_until(
+            lambda: sum(s for _, s in recorder.commands) >= 40 and len(recorder.chunks) >= 4, 60.0
+        ), (
+            f"the robot streamed {sum(s for _, s in recorder.commands)} commands (40 wanted) from "
+            f"{len(recorder.chunks)} chunks (4 wanted); diagnostics: {recorder.diagnostics[-3:]}"
         )
         assert not runner.dead()
     finally:
@@ -128,8 +134,6 @@ def test_sim_in_the_loop_streams_images_chunks_and_commands(ros_domain, tiny_mod
     assert recorder.chunks and np.allclose(offsets, np.round(offsets), atol=1e-3)
     commands = np.array([s for s, _ in recorder.commands])
     assert np.median(np.diff(commands)) == pytest.approx(0.05, abs=0.005), "commands at 20 Hz"
-    # Replanning every 8 steps: about one chunk per 0.4 s of streaming.
-    assert len(recorder.chunks) >= 4
 
 
 def test_killing_the_camera_holds_the_robot_within_one_control_period(
@@ -377,6 +381,7 @@ def test_in_sim_the_carton_ends_in_the_bin_through_the_controller(ros_domain, tm
     episode = runner.record.episodes[0]
     assert episode["success"], (
         f"the carton did not end in the bin: {episode}; the operator sent {operator.commands} "
-        f"commands, in phase {operator.expert.phase}; watchdog: {dict(runner.record.hold_reasons)}"
+        f"commands, in phase {operator.expert.phase}; watchdog: {dict(runner.record.hold_reasons)};"
+        f" robot: {dict(runner.record.robot_hold_reasons)}"
     )
     assert episode["completion_time_s"] < 30.0

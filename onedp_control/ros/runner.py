@@ -63,6 +63,7 @@ class RunRecord:
     streaming: list[bool] = field(default_factory=list)
     chunk_arrivals: list[tuple[float, float]] = field(default_factory=list)  # (stamp, arrival)
     hold_reasons: Counter = field(default_factory=Counter)  # watchdog reports, by first reason
+    robot_hold_reasons: Counter = field(default_factory=Counter)  # robot/sim: why it held
 
 
 def _percentiles(values, prefix: str) -> dict:
@@ -96,6 +97,7 @@ def latency_figures(record: RunRecord, period: float) -> dict:
         "missed_deadlines": int(np.sum(periods > 1.5 * period * 1e3)),
         "commands": int(stamps.size),
         "watchdog_hold_reports": dict(record.hold_reasons),
+        "robot_hold_reports": dict(record.robot_hold_reasons),
         "streaming_fraction": round(float(np.mean(record.streaming)), 3)
         if record.streaming
         else None,
@@ -206,10 +208,17 @@ class GraphRunner:
 
         def on_diagnostics(message: DiagnosticArray) -> None:
             for status in message.status:
-                if status.name == "onedp watchdog" and status.message.startswith("holding"):
+                if not status.message.startswith("holding"):
+                    continue
+                if status.name == "onedp watchdog":
                     reason = status.message.removeprefix("holding: ").split(" ")[0]
                     with self._lock:
                         self.record.hold_reasons[reason] += 1
+                elif status.name == "onedp robot":  # reported when the reason changes
+                    with self._lock:
+                        self.record.robot_hold_reasons[
+                            status.message.removeprefix("holding: ")
+                        ] += 1
 
         node.create_subscription(String, EPISODE_TOPIC, on_episode, RELIABLE_QOS)
         node.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC, on_diagnostics, RELIABLE_QOS)
