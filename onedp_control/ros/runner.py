@@ -215,10 +215,10 @@ class GraphRunner:
                     with self._lock:
                         self.record.hold_reasons[reason] += 1
                 elif status.name == "onedp robot":  # reported when the reason changes
+                    # Without its measurement ("jump too large (0.126 m)"): one key per kind.
+                    reason = status.message.removeprefix("holding: ").split(" (")[0]
                     with self._lock:
-                        self.record.robot_hold_reasons[
-                            status.message.removeprefix("holding: ")
-                        ] += 1
+                        self.record.robot_hold_reasons[reason] += 1
 
         node.create_subscription(String, EPISODE_TOPIC, on_episode, RELIABLE_QOS)
         node.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC, on_diagnostics, RELIABLE_QOS)
