@@ -192,14 +192,15 @@ def teacher(tmp_path_factory, dataset) -> Path:
     return root / "run" / "policy.pt"
 
 
-@pytest.mark.parametrize("method", ["onedp-s", "onedp-d"])
-def test_distillation_writes_a_one_step_policy_that_runs(tmp_path, dataset, teacher, method):
+@pytest.mark.parametrize(("method", "draws"), [("onedp-s", 1), ("onedp-d", 1), ("onedp-s", 3)])
+def test_distillation_writes_a_one_step_policy_that_runs(tmp_path, dataset, teacher, method, draws):
     config = tmp_path / "distill.yaml"
     config.write_text(
         yaml.safe_dump(
             {
                 "dataset": str(dataset),
                 "output_dir": str(tmp_path),
+                "onedp": {"draws": draws},
                 "train": {"steps": 3, "batch_size": 4, "checkpoint_every": 3, "threads": 1},
             }
         )
@@ -237,6 +238,19 @@ def test_distillation_writes_a_one_step_policy_that_runs(tmp_path, dataset, teac
     assert run_eval(policy_path, "--json", str(report), "--quiet") == 0
     result = json.loads(report.read_text())
     assert result["sampler"] == "onestep" and result["nfe"] == 1 and result["episodes"] == 1
+
+
+def test_distillation_refuses_bad_onedp_settings(tmp_path, dataset, teacher, capsys):
+    config = tmp_path / "distill.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {"dataset": str(dataset), "output_dir": str(tmp_path / "out"), "onedp": {"draws": 0}}
+        )
+    )
+    arguments = ["--teacher", str(teacher), "--config", str(config), "--quiet"]
+    assert main(["distill", "--method", "onedp-s", *arguments]) == 2
+    assert "distill.yaml:onedp: draws must be >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_teacher_samplers_run_in_the_world(tmp_path, teacher, capsys):

@@ -17,6 +17,10 @@ s(x_k) = -eps(x_k) / sigma_k (Eq. 1).
   denoising loss on stop-gradient generator samples.
 - OneDP-D (Eq. 7, 8): a deterministic generator (z = 0 in place of noise); its score is known,
   s_G = -eps_k / sigma_k, so the gradient is sigma_k (eps_phi(x_k) - eps_k) and no psi is needed.
+- Both expectations over (k, eps) are estimated with `draws` pairs per generated chunk (the
+  encoders run once; only the U-Net passes repeat). One draw is Algorithm 1 as written; more
+  lower the variance of psi's denoising loss and of the score difference, which on a CPU budget
+  of a few thousand steps decides whether psi tracks the generator or drifts from the teacher.
 - Optimisers (Table 7): Adam with betas (0, 0.999); generator lr 1e-6, score network lr 2e-5.
   The vision encoders of G and psi are trained too; the teacher stays fixed.
 """
@@ -58,6 +62,7 @@ class OneDPConfig:
     lr_generator: float = 1e-6
     lr_score: float = 2e-5
     betas: tuple[float, float] = (0.0, 0.999)
+    draws: int = 1  # (k, eps) draws per generated chunk for Eq. 5 and Eq. 6
 
     def validate(self, where: str) -> None:
         if self.method not in METHODS:
@@ -65,6 +70,8 @@ class OneDPConfig:
         low, high = self.timestep_range
         if not 0 <= low <= high < DDPMSchedule().steps:
             raise ConfigError(f"{where}: timestep_range {self.timestep_range} out of [0, 99]")
+        if self.draws < 1:
+            raise ConfigError(f"{where}: draws must be >= 1, got {self.draws}")
 
     @property
     def stochastic(self) -> bool:
@@ -105,6 +112,14 @@ def distillation_levels(
     return schedule.sample_levels(batch, rng)
 
 
+def repeat_draws(tensor: torch.Tensor | None, draws: int) -> torch.Tensor | None:
+    """`draws` copies of a batch, stacked along the batch axis (None: a model without
+    condition, as in the two-mode test)."""
+    if tensor is None or draws == 1:
+        return tensor
+    return tensor.repeat(draws, *(1,) * (tensor.dim() - 1))
+
+
 class OneDPDistiller:
     """Holds teacher, generator (and score network) and performs one Algorithm-1 iteration."""
 
@@ -129,30 +144,32 @@ class OneDPDistiller:
         size = batch["action"].shape[0]
         z = generator_noise(self.generator, cfg, size, rng)
         actions = generate(self.generator, cfg, self.generator.encode(batch), z)
+        # Each chunk is diffused `draws` times; the copies share the chunk's condition.
+        drawn = repeat_draws(actions, cfg.draws)
         losses = {}
         if self.score is not None:  # Eq. 6: the score network follows the generator
-            score_loss = schedule.loss(
-                self.score.unet, actions.detach(), self.score.encode(batch), rng
-            )
+            score_cond = repeat_draws(self.score.encode(batch), cfg.draws)
+            score_loss = schedule.loss(self.score.unet, drawn.detach(), score_cond, rng)
             self.score_optimizer.zero_grad(set_to_none=True)
             score_loss.backward()
             self.score_optimizer.step()
             losses["score"] = float(score_loss.detach())
 
-        levels = distillation_levels(schedule, cfg, size, rng)
-        noise = torch.randn(actions.shape, generator=rng)
-        noisy, sigma = schedule.diffuse(actions, levels, noise)
+        levels = distillation_levels(schedule, cfg, drawn.shape[0], rng)
+        noise = torch.randn(drawn.shape, generator=rng)
+        noisy, sigma = schedule.diffuse(drawn, levels, noise)
         with torch.no_grad():
-            eps_teacher = schedule.eps(self.teacher.unet, noisy, levels, self.teacher.encode(batch))
+            teacher_cond = repeat_draws(self.teacher.encode(batch), cfg.draws)
+            eps_teacher = schedule.eps(self.teacher.unet, noisy, levels, teacher_cond)
             if self.score is not None:  # Eq. 5
-                eps_generator = schedule.eps(
-                    self.score.unet, noisy, levels, self.score.encode(batch)
-                )
+                score_cond = repeat_draws(self.score.encode(batch), cfg.draws)
+                eps_generator = schedule.eps(self.score.unet, noisy, levels, score_cond)
             else:  # Eq. 7-8: a point mass's diffused score is known exactly
                 eps_generator = noise
             gradient = sigma.reshape(-1, 1, 1) * (eps_teacher - eps_generator)
-        # d/d(theta) of this surrogate is gradient * d(x_k)/d(theta), the KL gradient of Eq. 5/8.
-        surrogate = (gradient * noisy).sum() / size
+        # d/d(theta) of this surrogate is gradient * d(x_k)/d(theta), the KL gradient of Eq. 5/8
+        # averaged over the draws.
+        surrogate = (gradient * noisy).sum() / drawn.shape[0]
         self.generator_optimizer.zero_grad(set_to_none=True)
         surrogate.backward()
         self.generator_optimizer.step()
