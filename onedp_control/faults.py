@@ -274,7 +274,7 @@ def measure(case: FaultCase, context: FaultContext, safety: SafetyFilter, period
     # Timed once the fault is in place (the signal sent, the message published): on a loaded
     # machine this process can be descheduled between reading the clock and injecting, and that
     # wait is not detection time. (A `bash .ci/run` here timed a stalled camera as "detected"
-    # after 1004 ms with the newest frame 155 ms old: the camera ran ~850 ms past the clock read.)
+    # after 1004 ms with the newest frame 155 ms old, so the camera ran ~850 ms past that read.)
     injected = time.time()
     monitor.spin_until(lambda: False, HOLD_WINDOW_S)
     case.clear(context)

@@ -19,8 +19,9 @@ s(x_k) = -eps(x_k) / sigma_k (Eq. 1).
   s_G = -eps_k / sigma_k, so the gradient is sigma_k (eps_phi(x_k) - eps_k) and no psi is needed.
 - Both expectations over (k, eps) are estimated with `draws` pairs per generated chunk (the
   encoders run once; only the U-Net passes repeat). One draw is Algorithm 1 as written; more
-  lower the variance of psi's denoising loss and of the score difference, which on a CPU budget
-  of a few thousand steps decides whether psi tracks the generator or drifts from the teacher.
+  lower the variance of psi's denoising loss and of the score difference, so psi drifts less
+  from the teacher while it learns the generator (on pnp_milk that did not lift OneDP-S's
+  success: models/pnp_milk/README.md).
 - Optimisers (Table 7): Adam with betas (0, 0.999); generator lr 1e-6, score network lr 2e-5.
   The vision encoders of G and psi are trained too; the teacher stays fixed.
 """
