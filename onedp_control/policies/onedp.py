@@ -20,8 +20,8 @@ s(x_k) = -eps(x_k) / sigma_k (Eq. 1).
 - Both expectations over (k, eps) are estimated with `draws` pairs per generated chunk (the
   encoders run once; only the U-Net passes repeat). One draw is Algorithm 1 as written; more
   lower the variance of psi's denoising loss and of the score difference, so psi drifts less
-  from the teacher while it learns the generator (on pnp_milk that did not lift OneDP-S's
-  success: models/pnp_milk/README.md).
+  from the teacher while it learns the generator (the shipped pnp_milk OneDP-S uses 8, with the
+  generator at 5e-6: models/pnp_milk/README.md).
 - Optimisers (Table 7): Adam with betas (0, 0.999); generator lr 1e-6, score network lr 2e-5.
   The vision encoders of G and psi are trained too; the teacher stays fixed.
 """
