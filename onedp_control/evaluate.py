@@ -38,6 +38,7 @@ def evaluate(
     steps = sum(r.steps for r in records)
     wall = sum(r.wall_time_s for r in records)
     inference = np.concatenate([r.inference_ms for r in records])
+    target_steps = np.concatenate([r.target_steps_m for r in records])
     failures: dict[str, int] = {}
     for r in records:
         if r.failure is not None:
@@ -61,6 +62,13 @@ def evaluate(
             "median": float(np.median(inference)),
             "p99": float(np.percentile(inference, 99)),
         },
+        # None when the policy never got a target through (realtime, latency beyond the chunk).
+        "target_step_m": {
+            "median": float(np.median(target_steps)),
+            "p99": float(np.percentile(target_steps, 99)),
+        }
+        if len(target_steps)
+        else None,
         "control_steps_per_wall_s": steps / wall if wall > 0 else None,
         "per_episode": [r.summary() for r in records],
     }
@@ -69,6 +77,12 @@ def evaluate(
 def format_table(report: dict) -> str:
     time = report["completion_time_s"]
     time_text = "-" if time is None else f"{time:.2f} ± {report['completion_time_std_s']:.2f}"
+    target_step = report["target_step_m"]
+    target_step_text = (
+        "-"
+        if target_step is None
+        else f"{target_step['median'] * 100:.2f} / {target_step['p99'] * 100:.2f}"
+    )
     rows = [
         ("task", report["task"]),
         ("policy", report["policy"]),
@@ -88,6 +102,7 @@ def format_table(report: dict) -> str:
             "inference median / p99 (ms)",
             f"{report['inference_ms']['median']:.2f} / {report['inference_ms']['p99']:.2f}",
         ),
+        ("target step median / p99 (cm)", target_step_text),
         ("sim control steps / wall s", f"{report['control_steps_per_wall_s']:.0f}"),
     ]
     width = max(len(name) for name, _ in rows)

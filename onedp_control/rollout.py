@@ -36,6 +36,10 @@ class EpisodeResult:
     failure: str | None  # why it failed: timeout, carton_off_table, ...
     pushes: int  # times the carton was moved away (pnp_milk_move)
     inference_ms: list[float] = field(default_factory=list)
+    # How far each policy target's position lies from the target before it (metres): a smooth
+    # policy's targets move at arm speed (the expert's 1.5 cm a period); a policy that leaks
+    # noise into its chunks jumps.
+    target_steps_m: list[float] = field(default_factory=list)
     wall_time_s: float = 0.0
 
     def summary(self) -> dict:
@@ -96,6 +100,9 @@ def run_episode(
         """One control step; True when the episode is over."""
         if action is None:
             action = world.last_action
+        else:
+            step_m = np.linalg.norm(action[:3] - world.last_action[:3])
+            result.target_steps_m.append(float(step_m))
         if on_step is not None:
             on_step(history[-1], action)
         world.step(action)

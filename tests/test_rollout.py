@@ -92,6 +92,30 @@ def test_realtime_with_latency_longer_than_the_chunk_holds(short_world):
     np.testing.assert_allclose(executed, 0.08)
 
 
+class ZigzagPolicy(RecordingPolicy):
+    """Targets 1 cm either side of the pose, alternating: every step 2 cm from the one before."""
+
+    def predict_chunk(self, history):
+        chunk = super().predict_chunk(history)
+        chunk[:, 0] += 0.01 * (-1.0) ** np.arange(len(chunk))
+        return chunk
+
+
+def test_target_steps_measure_how_far_consecutive_targets_lie_apart(short_world):
+    result = run_episode(short_world, ZigzagPolicy(short_world), 0)
+    assert len(result.target_steps_m) == result.steps == 20
+    # The first target is 1 cm from the start pose; within a chunk, 2 cm each step.
+    np.testing.assert_allclose(result.target_steps_m[1:8], 0.02, atol=1e-3)
+    held = run_episode(
+        short_world,
+        RecordingPolicy(short_world, chunk_len=4, action_steps=4),
+        0,
+        clock="realtime",
+        latency_s=0.3,
+    )
+    assert held.target_steps_m == []  # holding is not a policy target
+
+
 def test_unknown_clock_and_bad_chunk_are_refused(world):
     policy = RecordingPolicy(world, chunk_len=0)
     with pytest.raises(ValueError, match="clock"):
