@@ -105,6 +105,7 @@ def test_target_steps_measure_how_far_consecutive_targets_lie_apart(short_world)
     result = run_episode(short_world, ZigzagPolicy(short_world), 0)
     assert len(result.target_steps_m) == result.steps == 20
     # The first target is 1 cm from the start pose; within a chunk, 2 cm each step.
+    np.testing.assert_allclose(result.target_steps_m[0], 0.01, atol=1e-3)
     np.testing.assert_allclose(result.target_steps_m[1:8], 0.02, atol=1e-3)
     held = run_episode(
         short_world,
