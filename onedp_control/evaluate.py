@@ -14,6 +14,12 @@ from onedp_control.sim.world import PnpMilkWorld
 EVAL_SEED = 100_000
 
 
+def median_p99(values: np.ndarray) -> dict[str, float] | None:
+    if len(values) == 0:
+        return None
+    return {"median": float(np.median(values)), "p99": float(np.percentile(values, 99))}
+
+
 def evaluate(
     task: str,
     policy_spec: str,
@@ -58,17 +64,9 @@ def evaluate(
         "completion_time_s": float(np.mean(times)) if times else None,
         "completion_time_std_s": float(np.std(times)) if times else None,
         "failures": failures,
-        "inference_ms": {
-            "median": float(np.median(inference)),
-            "p99": float(np.percentile(inference, 99)),
-        },
+        "inference_ms": median_p99(inference),
         # None when the policy never got a target through (realtime, latency beyond the chunk).
-        "target_step_m": {
-            "median": float(np.median(target_steps)),
-            "p99": float(np.percentile(target_steps, 99)),
-        }
-        if len(target_steps)
-        else None,
+        "target_step_m": median_p99(target_steps),
         "control_steps_per_wall_s": steps / wall if wall > 0 else None,
         "per_episode": [r.summary() for r in records],
     }
