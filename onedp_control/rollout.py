@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from onedp_control.geometry import yaw_of
 from onedp_control.policies.base import Policy
 from onedp_control.sim.world import Observation, PnpMilkWorld
 
@@ -35,6 +36,9 @@ class EpisodeResult:
     steps: int  # control steps executed
     failure: str | None  # why it failed: timeout, carton_off_table, ...
     pushes: int  # times the carton was moved away (pnp_milk_move)
+    # The carton's yaw at the start, degrees: a policy that does not turn the gripper to it
+    # succeeds or fails by it (models/pnp_milk/README.md, "Why OneDP-S lags").
+    carton_yaw_deg: float = 0.0
     inference_ms: list[float] = field(default_factory=list)
     # How far each policy target's position lies from the target before it (metres): a smooth
     # policy's targets move at arm speed (the expert's 1.5 cm a period); a policy that leaks
@@ -51,6 +55,7 @@ class EpisodeResult:
             "steps": self.steps,
             "failure": self.failure,
             "pushes": self.pushes,
+            "carton_yaw_deg": round(self.carton_yaw_deg, 1),
             "inference_ms_median": float(np.median(self.inference_ms))
             if self.inference_ms
             else None,
@@ -94,6 +99,7 @@ def run_episode(
         steps=0,
         failure=None,
         pushes=0,
+        carton_yaw_deg=math.degrees(yaw_of(world.carton_pose()[1])),
     )
 
     def execute(action: np.ndarray | None) -> bool:

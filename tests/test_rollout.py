@@ -5,6 +5,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from onedp_control.geometry import yaw_of
 from onedp_control.rollout import run_episode
 from onedp_control.sim.world import ACTION_DIM, make_action
 
@@ -48,6 +49,9 @@ def test_lockstep_runs_action_steps_between_calls(short_world):
     executed = []
     result = run_episode(short_world, policy, 0, on_step=lambda o, a: executed.append(a[9]))
     assert result.failure == "timeout" and result.steps == 20
+    short_world.reset(0)
+    start_yaw = np.degrees(yaw_of(short_world.carton_pose()[1]))
+    assert result.summary()["carton_yaw_deg"] == pytest.approx(start_yaw, abs=0.05) != 0.0
     # Calls every 8 steps (0.4 s) at the observation time; the first 8 entries run in order.
     np.testing.assert_allclose(policy.calls, [0.0, 0.4, 0.8])
     np.testing.assert_allclose(executed[:8], 0.001 * np.arange(8))
