@@ -38,7 +38,7 @@ class EpisodeResult:
     pushes: int  # times the carton was moved away (pnp_milk_move)
     # The carton's yaw at the start, degrees: a policy that does not turn the gripper to it
     # succeeds or fails by it (models/pnp_milk/README.md, "Why OneDP-S lags").
-    carton_yaw_deg: float = 0.0
+    carton_yaw_deg: float
     inference_ms: list[float] = field(default_factory=list)
     # How far each policy target's position lies from the target before it (metres): a smooth
     # policy's targets move at arm speed (the expert's 1.5 cm a period); a policy that leaks

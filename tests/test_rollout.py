@@ -49,15 +49,20 @@ def test_lockstep_runs_action_steps_between_calls(short_world):
     executed = []
     result = run_episode(short_world, policy, 0, on_step=lambda o, a: executed.append(a[9]))
     assert result.failure == "timeout" and result.steps == 20
-    short_world.reset(0)
-    start_yaw = np.degrees(yaw_of(short_world.carton_pose()[1]))
-    assert result.summary()["carton_yaw_deg"] == pytest.approx(start_yaw, abs=0.05) != 0.0
     # Calls every 8 steps (0.4 s) at the observation time; the first 8 entries run in order.
     np.testing.assert_allclose(policy.calls, [0.0, 0.4, 0.8])
     np.testing.assert_allclose(executed[:8], 0.001 * np.arange(8))
     # Observation horizon 2: consecutive frames one control period apart (repeated at start).
     assert policy.histories[0] == [0.0, 0.0]
     np.testing.assert_allclose(policy.histories[1], [0.35, 0.4])
+
+
+def test_episode_records_the_carton_yaw_at_the_start(short_world):
+    result = run_episode(short_world, RecordingPolicy(short_world), 3)
+    short_world.reset(3)
+    start_yaw = np.degrees(yaw_of(short_world.carton_pose()[1]))
+    assert abs(start_yaw) > 1.0  # a turned carton: a missing value (0) would not pass
+    assert result.summary()["carton_yaw_deg"] == pytest.approx(start_yaw, abs=0.05)
 
 
 def test_realtime_skips_the_steps_that_passed_while_thinking(short_world):
