@@ -49,10 +49,12 @@ def cmd_collect(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
         perturb=args.perturb,
+        policy=args.policy,
+        sampler=args.sampler,
     )
     print(
         f"wrote {report.episodes} episodes ({report.steps} steps) to {report.path}; "
-        f"expert attempts {report.attempts}, discarded {report.discarded}"
+        f"attempts {report.attempts}, discarded {report.discarded}"
     )
     return 0
 
@@ -351,8 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     collect = sub.add_parser(
         "collect",
-        help="scripted-expert demonstrations into a zarr dataset",
-        description="Run the scripted expert and save successful episodes as a dataset.",
+        help="scripted-expert demonstrations (or a policy's rollouts) into a zarr dataset",
+        description="Run the scripted expert (or a learned policy, --policy) and save "
+        "successful episodes as a dataset.",
     )
     _add_task(collect)
     collect.add_argument("--episodes", type=positive_int, required=True, help="episodes to keep")
@@ -367,6 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="execute the expert's targets with noise, record its own targets (DART): "
         "demonstrations of recovering from small errors",
     )
+    collect.add_argument(
+        "--policy",
+        help="record this policy file's rollouts instead (its executed targets as actions): "
+        "the states it visits, as observations to distil on",
+    )
+    collect.add_argument("--sampler", help="the policy's sampler (as in `onedp eval`)")
     collect.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     collect.add_argument("--quiet", action="store_true", help="no progress bar")
     collect.set_defaults(func=cmd_collect)

@@ -1,4 +1,9 @@
-"""`onedp collect`: scripted-expert demonstrations into a dataset."""
+"""`onedp collect`: scripted-expert demonstrations, or a learned policy's rollouts, into a dataset.
+
+A learned policy's rollouts (`policy=`) record the states that policy visits, with the targets
+it executed as actions: observations for the one-step distillations, whose losses use the
+teacher and not the recorded actions (several datasets can feed one run: `dataset:` as a list).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from tqdm import tqdm
 from onedp_control.dataset import DatasetError, DatasetWriter, EpisodeBuffer
 from onedp_control.errors import ConfigError
 from onedp_control.files import check_output_path
+from onedp_control.policies import make_policy
 from onedp_control.policies.expert import PerturbedExpert, ScriptedExpert
 from onedp_control.rollout import StepCallback, run_episode
 from onedp_control.sim.world import PnpMilkWorld
@@ -36,8 +42,11 @@ def collect(
     overwrite: bool = False,
     progress: bool = True,
     perturb: bool = False,
+    policy: str | None = None,
+    sampler: str | None = None,
 ) -> CollectReport:
-    """Runs the expert on seeds seed, seed+1, ... until `episodes` demonstrations are kept.
+    """Runs the expert (or `policy`, a policy file, with `sampler`) on seeds seed, seed+1, ...
+    until `episodes` episodes are kept.
 
     Failed attempts are discarded unless `keep_failures`. Nothing is written to `out` unless the
     whole collection completes. `perturb`: the arm executes the expert's targets with noise and
@@ -45,21 +54,29 @@ def collect(
     """
     if episodes < 1:
         raise ConfigError(f"--episodes must be a positive integer, got {episodes}")
+    if policy is not None and perturb:
+        raise ConfigError("--perturb perturbs the scripted expert; it does not apply to --policy")
+    if policy is None and sampler is not None:
+        raise ConfigError("--sampler applies to a learned policy (--policy)")
     check_output_path(out, overwrite, directory=True)  # before minutes of work, not after
     with PnpMilkWorld(task) as world:
+        perturbed = PerturbedExpert(world) if perturb else None
+        if policy is not None:
+            actor = make_policy(policy, world, sampler, None)
+            source = f"rollouts of {actor.name}"
+        else:
+            actor = perturbed or ScriptedExpert(world)
+            source = "scripted expert" + (", perturbed execution" if perturb else "")
         writer = DatasetWriter(
             out,
             attrs={
                 "task": world.task.name,
                 "control_rate_hz": world.task.control_rate_hz,
-                "source": "onedp collect (scripted expert"
-                + (", perturbed execution)" if perturb else ")"),
+                "source": f"onedp collect ({source})",
             },
             image_shape=(world.task.image_height, world.task.image_width),
             overwrite=overwrite,
         )
-        perturbed = PerturbedExpert(world) if perturb else None
-        expert = perturbed or ScriptedExpert(world)
 
         def record(episode: EpisodeBuffer) -> StepCallback:
             """A perturbed run records what the expert meant, not the noisy target executed."""
@@ -72,12 +89,13 @@ def collect(
         try:
             while writer.episodes < episodes:
                 if attempts >= MAX_ATTEMPTS_PER_EPISODE * episodes:
+                    actor_kind = "expert" if policy is None else "policy"
                     raise DatasetError(
-                        f"{out}: the expert succeeded on only {writer.episodes} of {attempts} "
-                        "episodes; nothing was written"
+                        f"{out}: the {actor_kind} succeeded on only {writer.episodes} of "
+                        f"{attempts} episodes; nothing was written (--keep-failures keeps them)"
                     )
                 episode = EpisodeBuffer()
-                result = run_episode(world, expert, seed + attempts, on_step=record(episode))
+                result = run_episode(world, actor, seed + attempts, on_step=record(episode))
                 attempts += 1
                 if result.success or keep_failures:
                     writer.add_episode(episode, result.seed)

@@ -72,7 +72,7 @@ def load_config_from_dict(values: dict) -> ModelConfig:
 
 def test_window_shapes_and_padding(dataset):
     config = load_config_from_dict(TINY)
-    windows = TrainingWindows(Dataset(dataset), config)
+    windows = TrainingWindows([Dataset(dataset)], config)
     model = DiffusionPolicy(config)
     windows.fit_normalizer(model.normalizer)
     first = np.array([0, len(windows) - 1])
@@ -87,6 +87,19 @@ def test_window_shapes_and_padding(dataset):
     cond = model.encode(batch)
     assert cond.shape == (2, 2 * model.encoder.frame_dim)
     assert model.unet(batch["action"], torch.tensor([3.0, 7.0]), cond).shape == (2, 16, 10)
+
+
+def test_several_datasets_are_one_pool_of_episodes(dataset):
+    config = load_config_from_dict(TINY)
+    one = TrainingWindows([Dataset(dataset)], config)
+    two = TrainingWindows([Dataset(dataset), Dataset(dataset)], config)
+    assert len(two) == 2 * len(one) and len(two.ends) == 2 * len(one.ends)
+    model = DiffusionPolicy(config)
+    two.fit_normalizer(model.normalizer)
+    # The second dataset's first step starts an episode: it repeats its own frame, not the
+    # first dataset's last one.
+    batch = two.batch(np.array([len(one)]), model.normalizer, None)
+    torch.testing.assert_close(batch["low_dim"][0, 0], batch["low_dim"][0, 1])
 
 
 def test_normalizer_round_trip():
@@ -144,6 +157,7 @@ def test_checkpoint_round_trip_and_architecture_mismatch(tmp_path):
         ({"train": {"steps": "many"}}, "train.steps: expected an integer"),
         ({"model": {**TINY, "schedule": "ddim"}}, "schedule must be 'ddpm' or 'edm'"),
         ({"dataset": None}, "dataset: expected a string"),
+        ({"dataset": []}, "dataset: the list is empty"),
     ],
 )
 def test_bad_config_is_named(tmp_path, dataset, patch, message, capsys):
@@ -240,6 +254,36 @@ def test_distillation_writes_a_one_step_policy_that_runs(tmp_path, dataset, teac
     assert result["sampler"] == "onestep" and result["nfe"] == 1 and result["episodes"] == 1
 
 
+def test_a_teacher_starts_again_from_its_one_step_student(tmp_path, dataset, teacher):
+    """A lost teacher is recovered from a shipped student: the generator is the teacher's network,
+    so a denoising phase can start from it, and the lineage bills every step before it."""
+    config = tmp_path / "distill.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "dataset": str(dataset),
+                "output_dir": str(tmp_path),
+                "train": {"steps": 2, "batch_size": 4, "checkpoint_every": 2, "threads": 1},
+            }
+        )
+    )
+    distill = ["distill", "--method", "onedp-d", "--teacher", str(teacher), "--config"]
+    assert main([*distill, str(config), "--quiet"]) == 0
+    student = tmp_path / "onedp-d" / "policy.pt"
+    recovery = write_config(
+        tmp_path / "recover.yaml", dataset, tmp_path / "r", 2, init_from=str(student)
+    )
+    assert main(["train", "--config", str(recovery), "--quiet"]) == 0
+    recovered = read_checkpoint(tmp_path / "r" / "policy.pt")
+    assert recovered["method"] == "diffusion"
+    assert [(e["method"], e["steps"]) for e in recovered["lineage"]] == [
+        ("diffusion", 4),
+        ("onedp-d", 2),
+        ("diffusion", 2),
+    ]
+    assert run_eval(tmp_path / "r" / "policy.pt", "--sampler", "ddim2", "--quiet") == 0
+
+
 def test_distillation_refuses_bad_onedp_settings(tmp_path, dataset, teacher, capsys):
     config = tmp_path / "distill.yaml"
     config.write_text(
@@ -251,6 +295,34 @@ def test_distillation_refuses_bad_onedp_settings(tmp_path, dataset, teacher, cap
     assert main(["distill", "--method", "onedp-s", *arguments]) == 2
     assert "distill.yaml:onedp: draws must be >= 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_policys_rollouts_are_collected_and_distilled_on(tmp_path, dataset, teacher, capsys):
+    """`onedp collect --policy` records the states a learned policy visits; a distillation
+    config may list that dataset beside the demonstrations."""
+    rollouts = tmp_path / "rollouts.zarr"
+    collect = ["collect", "--task", "pnp_milk", "--episodes", "1", "--out", str(rollouts)]
+    policy = ["--policy", str(teacher), "--sampler", "ddim2", "--quiet"]
+    assert main([*collect, *policy, "--perturb"]) == 2
+    assert "--perturb perturbs the scripted expert" in capsys.readouterr().err
+    assert main([*collect, *policy, "--keep-failures"]) == 0
+    recorded = Dataset(rollouts)
+    assert recorded.attrs["source"] == f"onedp collect (rollouts of {teacher}:ddim2)"
+    assert len(recorded.episode_ends) == 1
+    config = tmp_path / "distill.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "dataset": [str(dataset), str(rollouts)],
+                "output_dir": str(tmp_path),
+                "train": {"steps": 1, "batch_size": 4, "checkpoint_every": 1, "threads": 1},
+            }
+        )
+    )
+    distill = ["distill", "--method", "onedp-d", "--teacher", str(teacher), "--config"]
+    assert main([*distill, str(config), "--quiet"]) == 0
+    lineage = read_checkpoint(tmp_path / "onedp-d" / "policy.pt")["lineage"]
+    assert lineage[-1]["dataset"] == f"{dataset}, {rollouts}"
 
 
 def test_teacher_samplers_run_in_the_world(tmp_path, teacher, capsys):

@@ -123,7 +123,7 @@ def assert_trains(path: Path) -> None:
     from tests.conftest import TINY_MODEL
 
     config = TINY_MODEL
-    windows = TrainingWindows(Dataset(path), config)
+    windows = TrainingWindows([Dataset(path)], config)
     normalizer = Normalizer(10, 10)
     windows.fit_normalizer(normalizer)
     steps = np.array([0, len(windows) // 2, len(windows) - 1])

@@ -3,10 +3,13 @@
 Sample i of an episode pairs the observations at steps i-To+1 .. i (To = obs_horizon) with the
 actions at steps i-To+1 .. i-To+H (H = horizon): the chunk starts at the oldest observation, as
 in Diffusion Policy, and the policy executes it from index To-1 (the newest observation's step).
-Indices before an episode's start or past its end repeat the first or last step.
+Indices before an episode's start or past its end repeat the first or last step. Several
+datasets are one pool of episodes (windows drawn uniformly over all their steps).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -45,32 +48,55 @@ def low_dim_state(ee_pos, ee_rot6d, gripper_width) -> np.ndarray:
     return np.concatenate([ee_pos, ee_rot6d, gripper_width], axis=-1).astype(np.float32)
 
 
+def dataset_paths(spec: str | tuple[str, ...]) -> tuple[str, ...]:
+    """A config's `dataset:`, one path or a list of paths, as a list."""
+    return (spec,) if isinstance(spec, str) else spec
+
+
+def open_datasets(spec: str | tuple[str, ...], where: str) -> list[Dataset]:
+    if not dataset_paths(spec):
+        raise ConfigError(f"{where}: dataset: the list is empty")
+    return [Dataset(path) for path in dataset_paths(spec)]
+
+
+def dataset_label(spec: str | tuple[str, ...]) -> str:
+    """How a lineage entry names the data a phase trained on."""
+    return ", ".join(dataset_paths(spec))
+
+
 class TrainingWindows:
-    def __init__(self, dataset: Dataset, config: ModelConfig) -> None:
+    def __init__(self, datasets: Sequence[Dataset], config: ModelConfig) -> None:
         self.config = config
         expected = set(config.cameras)
-        available = {
-            key.removesuffix("_rgb") for key in dataset.data.array_keys() if key.endswith("_rgb")
-        }
-        if not expected <= available:
-            raise ConfigError(
-                f"{dataset.path}: model cameras {sorted(expected)} not all in the dataset "
-                f"({sorted(available)})"
+        images: dict[str, list[np.ndarray]] = {camera: [] for camera in config.cameras}
+        low_dim, action, ends = [], [], []
+        steps_before = 0
+        for dataset in datasets:
+            data = dataset.data
+            available = {
+                key.removesuffix("_rgb") for key in data.array_keys() if key.endswith("_rgb")
+            }
+            if not expected <= available:
+                raise ConfigError(
+                    f"{dataset.path}: model cameras {sorted(expected)} not all in the dataset "
+                    f"({sorted(available)})"
+                )
+            for camera in config.cameras:
+                frames = np.asarray(data[f"{camera}_rgb"][:])
+                images[camera].append(resize_frames(frames, config.resize))
+            low_dim.append(
+                low_dim_state(data["ee_pos"][:], data["ee_rot6d"][:], data["gripper_width"][:])
             )
-        data = dataset.data
-        self.images = {
-            camera: resize_frames(np.asarray(data[f"{camera}_rgb"][:]), config.resize)
-            for camera in config.cameras
-        }
-        self.low_dim = low_dim_state(
-            data["ee_pos"][:], data["ee_rot6d"][:], data["gripper_width"][:]
-        )
-        self.action = np.asarray(data["action"][:], dtype=np.float32)
-        ends = dataset.episode_ends
-        starts = np.concatenate([[0], ends[:-1]])
-        lengths = ends - starts
-        self.index = np.repeat(np.arange(len(ends)), lengths)  # episode of every step
-        self.starts, self.ends = starts, ends
+            action.append(np.asarray(data["action"][:], dtype=np.float32))
+            ends.append(dataset.episode_ends + steps_before)
+            steps_before += len(action[-1])
+        self.images = {camera: np.concatenate(frames) for camera, frames in images.items()}
+        self.low_dim = np.concatenate(low_dim)
+        self.action = np.concatenate(action)
+        self.ends = np.concatenate(ends)
+        self.starts = np.concatenate([[0], self.ends[:-1]])
+        # The episode of every step.
+        self.index = np.repeat(np.arange(len(self.ends)), self.ends - self.starts)
 
     def __len__(self) -> int:
         return len(self.action)

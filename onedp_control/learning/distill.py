@@ -28,7 +28,6 @@ import torch
 from tqdm import tqdm
 
 from onedp_control.config import load_config
-from onedp_control.dataset import Dataset
 from onedp_control.errors import ConfigError
 from onedp_control.learning.checkpoint import (
     check_resumable,
@@ -39,7 +38,12 @@ from onedp_control.learning.checkpoint import (
     save_checkpoint,
     training_lineage,
 )
-from onedp_control.learning.data import TrainingWindows
+from onedp_control.learning.data import (
+    TrainingWindows,
+    dataset_label,
+    dataset_paths,
+    open_datasets,
+)
 from onedp_control.learning.plot import plot_losses
 from onedp_control.policies import consistency, imle, onedp
 from onedp_control.policies.consistency import ConsistencyConfig, ConsistencyDistiller
@@ -70,7 +74,7 @@ class DistillLoopConfig:
 
 @dataclass(frozen=True)
 class DistillConfig:
-    dataset: str
+    dataset: str | tuple[str, ...]  # a path or a list of paths (one pool)
     output_dir: str
     onedp: OneDPConfig = field(default_factory=OneDPConfig)
     cp: ConsistencyConfig = field(default_factory=ConsistencyConfig)
@@ -138,7 +142,7 @@ def imle_teacher_sets(
     loop = cfg.train
     source = {
         "teacher_sha256": hashlib.sha256(teacher_path.read_bytes()).hexdigest(),
-        "dataset": str(Path(cfg.dataset).resolve()),
+        "dataset": [str(Path(path).resolve()) for path in dataset_paths(cfg.dataset)],
         "windows": len(windows),
         "teacher_set_size": config.teacher_set_size,
         "teacher_steps": config.teacher_steps,
@@ -188,7 +192,7 @@ def distill(
     loop = cfg.train
     torch.set_num_threads(loop.threads)
     torch.manual_seed(loop.seed)
-    windows = TrainingWindows(Dataset(cfg.dataset), teacher.config)
+    windows = TrainingWindows(open_datasets(cfg.dataset, str(config_path)), teacher.config)
     distiller, student = make_distiller(method, settings, teacher)
     teacher_sets = None
     if method == imle.METHOD:
@@ -222,7 +226,9 @@ def distill(
                 "teacher": str(teacher_path),
                 "lineage": [
                     *teacher_lineage,
-                    lineage_entry(method, config_path, cfg.dataset, step, loop.batch_size),
+                    lineage_entry(
+                        method, config_path, dataset_label(cfg.dataset), step, loop.batch_size
+                    ),
                 ],
             }
             save_checkpoint(

@@ -24,7 +24,6 @@ import torch
 from tqdm import tqdm
 
 from onedp_control.config import load_config
-from onedp_control.dataset import Dataset
 from onedp_control.errors import ConfigError
 from onedp_control.learning.checkpoint import (
     check_resumable,
@@ -35,11 +34,12 @@ from onedp_control.learning.checkpoint import (
     save_checkpoint,
     training_lineage,
 )
-from onedp_control.learning.data import TrainingWindows
+from onedp_control.learning.data import TrainingWindows, dataset_label, open_datasets
 from onedp_control.learning.plot import plot_losses
 from onedp_control.policies.diffusion import DiffusionPolicy, ModelConfig
 from onedp_control.policies.ofp import METHOD as OFP
 from onedp_control.policies.ofp import OFPConfig, OneStepFlowPolicy, OneStepFlowTrainer
+from onedp_control.policies.onedp import METHODS as ONEDP_METHODS
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,8 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    dataset: str  # relative paths are relative to the working directory
+    # A path or a list of paths, relative to the working directory; a list is one pool.
+    dataset: str | tuple[str, ...]
     output_dir: str
     model: ModelConfig = field(default_factory=ModelConfig)
     train: OptimConfig = field(default_factory=OptimConfig)
@@ -129,8 +130,11 @@ def check_method(cfg: TrainConfig, where: str) -> None:
 # actions or velocity), so one teacher's weights can start another's training: the rival
 # teachers of the methods table start from the DDPM teacher's 21,000 steps of visual features
 # instead of spending CPU hours relearning them (the lineage keeps those steps on their bill).
+# A OneDP generator is its teacher's network fine-tuned at one noise level, so it can start a
+# DDPM/EDM teacher again: a teacher whose file is lost is recovered from a shipped student by a
+# short denoising phase (models/pnp_milk/README.md), its lineage keeping the student's steps.
 # OFP starts from nothing: the method's point is that it needs no teacher.
-WARM_START_SOURCES = {"diffusion": TEACHERS, "flow": TEACHERS, OFP: (OFP,)}
+WARM_START_SOURCES = {"diffusion": TEACHERS + ONEDP_METHODS, "flow": TEACHERS, OFP: (OFP,)}
 
 
 def init_weights(model: DiffusionPolicy, source: Path, method: str, where: str) -> list[dict]:
@@ -181,7 +185,7 @@ def train(config_path: Path, resume: bool = False, progress: bool = True) -> Pat
     torch.set_num_threads(opt_cfg.threads)
     torch.manual_seed(opt_cfg.seed)
 
-    windows = TrainingWindows(Dataset(cfg.dataset), cfg.model)
+    windows = TrainingWindows(open_datasets(cfg.dataset, str(config_path)), cfg.model)
     model_class = OneStepFlowPolicy if method == OFP else DiffusionPolicy
     model = model_class(cfg.model)
     windows.fit_normalizer(model.normalizer)
@@ -254,7 +258,9 @@ def train(config_path: Path, resume: bool = False, progress: bool = True) -> Pat
         if step % opt_cfg.checkpoint_every == 0 or step == opt_cfg.steps:
             lineage = [
                 *earlier_phases,
-                lineage_entry(method, config_path, cfg.dataset, step, opt_cfg.batch_size),
+                lineage_entry(
+                    method, config_path, dataset_label(cfg.dataset), step, opt_cfg.batch_size
+                ),
             ]
             if trainer is not None:
                 training_state = {
