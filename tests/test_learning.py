@@ -206,34 +206,22 @@ def teacher(tmp_path_factory, dataset) -> Path:
     return root / "run" / "policy.pt"
 
 
+def run_distill(out: Path, dataset, teacher: Path, method: str, steps: int, **extra) -> int:
+    """`onedp distill` of the tiny teacher for `steps` steps into `out`; `dataset` is a config's
+    `dataset:` (a path or a list of paths)."""
+    config = out / "distill.yaml"
+    train = {"steps": steps, "batch_size": 4, "checkpoint_every": steps, "threads": 1}
+    config.write_text(
+        yaml.safe_dump({"dataset": dataset, "output_dir": str(out), "train": train, **extra})
+    )
+    arguments = ["--method", method, "--teacher", str(teacher), "--config", str(config)]
+    return main(["distill", *arguments, "--quiet"])
+
+
 @pytest.mark.parametrize(("method", "draws"), [("onedp-s", 1), ("onedp-d", 1), ("onedp-s", 3)])
 def test_distillation_writes_a_one_step_policy_that_runs(tmp_path, dataset, teacher, method, draws):
-    config = tmp_path / "distill.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "dataset": str(dataset),
-                "output_dir": str(tmp_path),
-                "onedp": {"draws": draws},
-                "train": {"steps": 3, "batch_size": 4, "checkpoint_every": 3, "threads": 1},
-            }
-        )
-    )
-    assert (
-        main(
-            [
-                "distill",
-                "--method",
-                method,
-                "--teacher",
-                str(teacher),
-                "--config",
-                str(config),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    onedp = {"draws": draws}
+    assert run_distill(tmp_path, str(dataset), teacher, method, 3, onedp=onedp) == 0
     policy_path = tmp_path / method / "policy.pt"
     teacher_weights = read_checkpoint(teacher)["model"]
     student = read_checkpoint(policy_path)
@@ -257,18 +245,7 @@ def test_distillation_writes_a_one_step_policy_that_runs(tmp_path, dataset, teac
 def test_a_teacher_starts_again_from_its_one_step_student(tmp_path, dataset, teacher):
     """A lost teacher is recovered from a shipped student: the generator is the teacher's network,
     so a denoising phase can start from it, and the lineage bills every step before it."""
-    config = tmp_path / "distill.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "dataset": str(dataset),
-                "output_dir": str(tmp_path),
-                "train": {"steps": 2, "batch_size": 4, "checkpoint_every": 2, "threads": 1},
-            }
-        )
-    )
-    distill = ["distill", "--method", "onedp-d", "--teacher", str(teacher), "--config"]
-    assert main([*distill, str(config), "--quiet"]) == 0
+    assert run_distill(tmp_path, str(dataset), teacher, "onedp-d", 2) == 0
     student = tmp_path / "onedp-d" / "policy.pt"
     recovery = write_config(
         tmp_path / "recover.yaml", dataset, tmp_path / "r", 2, init_from=str(student)
@@ -309,18 +286,7 @@ def test_a_policys_rollouts_are_collected_and_distilled_on(tmp_path, dataset, te
     recorded = Dataset(rollouts)
     assert recorded.attrs["source"] == f"onedp collect (rollouts of {teacher}:ddim2)"
     assert len(recorded.episode_ends) == 1
-    config = tmp_path / "distill.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "dataset": [str(dataset), str(rollouts)],
-                "output_dir": str(tmp_path),
-                "train": {"steps": 1, "batch_size": 4, "checkpoint_every": 1, "threads": 1},
-            }
-        )
-    )
-    distill = ["distill", "--method", "onedp-d", "--teacher", str(teacher), "--config"]
-    assert main([*distill, str(config), "--quiet"]) == 0
+    assert run_distill(tmp_path, [str(dataset), str(rollouts)], teacher, "onedp-d", 1) == 0
     lineage = read_checkpoint(tmp_path / "onedp-d" / "policy.pt")["lineage"]
     assert lineage[-1]["dataset"] == f"{dataset}, {rollouts}"
 
