@@ -54,9 +54,10 @@ def dataset_paths(spec: str | tuple[str, ...]) -> tuple[str, ...]:
 
 
 def open_datasets(spec: str | tuple[str, ...], where: str) -> list[Dataset]:
-    if not dataset_paths(spec):
+    paths = dataset_paths(spec)
+    if not paths:
         raise ConfigError(f"{where}: dataset: the list is empty")
-    return [Dataset(path) for path in dataset_paths(spec)]
+    return [Dataset(path) for path in paths]
 
 
 def dataset_label(spec: str | tuple[str, ...]) -> str:
