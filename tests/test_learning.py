@@ -158,6 +158,11 @@ def test_checkpoint_round_trip_and_architecture_mismatch(tmp_path):
         ({"model": {**TINY, "schedule": "ddim"}}, "schedule must be 'ddpm' or 'edm'"),
         ({"dataset": None}, "dataset: expected a string"),
         ({"dataset": []}, "dataset: the list is empty"),
+        ({"train": {"device": "tpu"}}, "train.device must be 'cpu' or 'cuda', got 'tpu'"),
+        (
+            {"method": "ofp", "model": {**TINY, "schedule": "flow"}, "train": {"device": "cuda"}},
+            "train.device 'cuda' trains teachers only, not 'ofp'",
+        ),
     ],
 )
 def test_bad_config_is_named(tmp_path, dataset, patch, message, capsys):
@@ -169,6 +174,17 @@ def test_bad_config_is_named(tmp_path, dataset, patch, message, capsys):
     err = capsys.readouterr().err
     assert "bad.yaml" in err and message in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_training_on_cuda_without_a_gpu_is_refused_by_name(tmp_path, dataset, capsys):
+    path = write_config(tmp_path / "gpu.yaml", dataset, tmp_path / "out", 2)
+    values = yaml.safe_load(path.read_text())
+    values["train"]["device"] = "cuda"
+    path.write_text(yaml.safe_dump(values))
+    assert main(["train", "--config", str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "gpu.yaml: train.device is 'cuda' but torch sees no CUDA device" in err
 
 
 def test_resumed_run_matches_an_unbroken_one(tmp_path, dataset):

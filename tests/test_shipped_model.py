@@ -35,7 +35,8 @@ def test_shipped_model_runs_one_step_and_exports(world, tmp_path, method):
 
 def test_shipped_teacher_samples_chunks_and_bills_its_lineage(world):
     """The shipped teacher is a DDPM-100 Diffusion Policy (what `onedp distill --teacher` takes);
-    recovered from the shipped OneDP-S generator, its lineage carries that generator's phases."""
+    recovered from an earlier OneDP-S generator and then trained on a GPU, its lineage carries
+    that generator's phases and its own two."""
     model = MODELS / "teacher.pt"
     policy = load_policy(model)
     assert policy.engine.spec.method == "diffusion" and policy.sampler.nfe == 100
@@ -50,5 +51,6 @@ def test_shipped_teacher_samples_chunks_and_bills_its_lineage(world):
         "diffusion",
         "diffusion",
         "onedp-s",
+        "diffusion",
         "diffusion",
     ]

@@ -10,12 +10,18 @@ EMA weights are the policy), a progress bar, a checkpoint every `checkpoint_ever
 `loss.png`; TensorBoard scalars when asked for. `init_from` starts a new phase (fresh optimiser
 and schedule) from an earlier policy file, also a teacher's of another schedule. A resumed run
 continues the same random streams, so it matches an unbroken one.
+
+`train.device: cuda` trains on a GPU: the batches are still cut from the dataset on the CPU,
+one step ahead in a worker thread, so that the GPU does not wait for them. Each step's batch
+draws from its own stream, seeded by (seed, step), so prefetching changes no result and a
+resumed run needs only the step to continue the same batches.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -55,6 +61,7 @@ class OptimConfig:
     seed: int = 0
     threads: int = 2
     tensorboard: bool = False
+    device: str = "cpu"  # or "cuda": where the network trains (the batches are cut on the CPU)
 
 
 @dataclass(frozen=True)
@@ -174,6 +181,25 @@ def ofp_total(terms: dict[str, float], config: OFPConfig) -> float:
     return sum(weights[name] * value for name, value in terms.items())
 
 
+def training_device(name: str, method: str, where: str) -> torch.device:
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda":
+        if method not in TEACHERS:  # OFP's trainer draws its times on the CPU
+            raise ConfigError(f"{where}: train.device 'cuda' trains teachers only, not '{method}'")
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{where}: train.device is 'cuda' but torch sees no CUDA device")
+        return torch.device("cuda")
+    raise ConfigError(f"{where}: train.device must be 'cpu' or 'cuda', got '{name}'")
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {
+        key: to_device(value, device) if isinstance(value, dict) else value.to(device)
+        for key, value in batch.items()
+    }
+
+
 def train(config_path: Path, resume: bool = False, progress: bool = True) -> Path:
     cfg = load_config(config_path, TrainConfig)
     cfg.model.validate(str(config_path))
@@ -182,6 +208,7 @@ def train(config_path: Path, resume: bool = False, progress: bool = True) -> Pat
     out = Path(cfg.output_dir)
     last = out / "last.pt"
     check_resumable(last, resume)
+    device = training_device(opt_cfg.device, method, str(config_path))
     torch.set_num_threads(opt_cfg.threads)
     torch.manual_seed(opt_cfg.seed)
 
@@ -192,6 +219,9 @@ def train(config_path: Path, resume: bool = False, progress: bool = True) -> Pat
     earlier_phases: list[dict] = []
     if cfg.init_from is not None and not resume:
         earlier_phases = init_weights(model, Path(cfg.init_from), method, str(config_path))
+    # On the device before the optimiser exists, so that its state (and a resumed one's) lives
+    # there too.
+    model.to(device)
     # The policy is this EMA of the weights; OFP's trainer keeps its own target network too.
     ema = copy.deepcopy(model).requires_grad_(False)
     trainer = None
@@ -207,7 +237,6 @@ def train(config_path: Path, resume: bool = False, progress: bool = True) -> Pat
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, opt_cfg.warmup_steps, opt_cfg.steps)
     )
-    rng = np.random.default_rng(opt_cfg.seed)
     generator = torch.Generator().manual_seed(opt_cfg.seed)
     # "loss" is what is optimised; OFP adds its terms beside it.
     step, history = 0, {"loss": []}
@@ -225,7 +254,6 @@ def train(config_path: Path, resume: bool = False, progress: bool = True) -> Pat
             optimizer.load_state_dict(state["optimizer"])
         ema.load_state_dict(state["ema"])
         scheduler.load_state_dict(state["scheduler"])
-        rng.bit_generator.state = state["numpy_rng"]
         generator.set_state(state["torch_rng"])
         step, history["loss"] = state["step"], list(state["losses"])
         if "lineage" in state:
@@ -234,13 +262,23 @@ def train(config_path: Path, resume: bool = False, progress: bool = True) -> Pat
             source = Path(cfg.init_from)
             earlier_phases = training_lineage(read_checkpoint(source), source)
 
+    # The batches are normalised on the CPU, with the (possibly resumed) model's normalizer.
+    normalizer = copy.deepcopy(model.normalizer).cpu()
+
+    def cut_batch(batch_step: int) -> dict:
+        batch_rng = np.random.default_rng([opt_cfg.seed, batch_step])
+        indices = batch_rng.integers(0, len(windows), opt_cfg.batch_size)
+        return windows.batch(indices, normalizer, batch_rng)
+
     writer = open_tensorboard(opt_cfg.tensorboard, out)
     bar = tqdm(total=opt_cfg.steps, initial=step, desc=method, unit="step", disable=not progress)
     model.train()
+    prefetch = ThreadPoolExecutor(max_workers=1)
+    upcoming = prefetch.submit(cut_batch, step)
     while step < opt_cfg.steps:
-        batch = windows.batch(
-            rng.integers(0, len(windows), opt_cfg.batch_size), model.normalizer, rng
-        )
+        batch = to_device(upcoming.result(), device)
+        if step + 1 < opt_cfg.steps:
+            upcoming = prefetch.submit(cut_batch, step + 1)
         if trainer is not None:
             terms = trainer.step(batch, generator)
             terms = {"loss": ofp_total(terms, cfg.ofp), **terms}
@@ -278,7 +316,6 @@ def train(config_path: Path, resume: bool = False, progress: bool = True) -> Pat
                         "ema": ema.state_dict(),
                         **training_state,
                         "scheduler": scheduler.state_dict(),
-                        "numpy_rng": rng.bit_generator.state,
                         "torch_rng": generator.get_state(),
                         "step": step,
                         "losses": history["loss"],
@@ -295,6 +332,7 @@ def train(config_path: Path, resume: bool = False, progress: bool = True) -> Pat
             title = f"teacher ({cfg.model.schedule})" if trainer is None else "One-Step Flow Policy"
             plot_losses(history, out / "loss.png", title)
     bar.close()
+    prefetch.shutdown()
     if writer is not None:
         writer.close()
     return out / "policy.pt"
