@@ -18,7 +18,7 @@ from onedp_control.dataset import Dataset
 from onedp_control.errors import ConfigError
 from onedp_control.learning.checkpoint import load_model, read_checkpoint, save_checkpoint
 from onedp_control.learning.data import TrainingWindows
-from onedp_control.learning.train import TrainConfig
+from onedp_control.learning.train import TrainConfig, prefetched
 from onedp_control.policies.diffusion import DiffusionPolicy, ModelConfig, Normalizer, Sampler
 from onedp_control.policies.learned import load_policy
 from tests.conftest import TINY_MODEL_FIELDS as TINY
@@ -185,6 +185,18 @@ def test_training_on_cuda_without_a_gpu_is_refused_by_name(tmp_path, dataset, ca
     assert main(["train", "--config", str(path), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "gpu.yaml: train.device is 'cuda' but torch sees no CUDA device" in err
+
+
+def test_prefetched_batches_come_in_step_order_and_stop_at_the_end():
+    cut_steps = []
+
+    def cut(step: int) -> dict:
+        cut_steps.append(step)
+        return {"step": step}
+
+    assert [batch["step"] for batch in prefetched(cut, 3, 7)] == [3, 4, 5, 6]
+    assert list(prefetched(cut, 7, 7)) == []  # a finished run cuts nothing more
+    assert cut_steps == [3, 4, 5, 6]
 
 
 def test_resumed_run_matches_an_unbroken_one(tmp_path, dataset):

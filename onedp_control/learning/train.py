@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -200,6 +201,20 @@ def to_device(batch: dict, device: torch.device) -> dict:
     }
 
 
+def prefetched(cut: Callable[[int], dict], first: int, end: int) -> Iterator[dict]:
+    """cut(step) for the steps first .. end - 1, in order, each one cut in a worker thread while
+    the caller uses the one before. Closing the iterator waits for the batch in flight."""
+    if first >= end:
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        upcoming = pool.submit(cut, first)
+        for step in range(first, end):
+            batch = upcoming.result()
+            if step + 1 < end:
+                upcoming = pool.submit(cut, step + 1)
+            yield batch
+
+
 def train(config_path: Path, resume: bool = False, progress: bool = True) -> Path:
     cfg = load_config(config_path, TrainConfig)
     cfg.model.validate(str(config_path))
@@ -273,12 +288,8 @@ def train(config_path: Path, resume: bool = False, progress: bool = True) -> Pat
     writer = open_tensorboard(opt_cfg.tensorboard, out)
     bar = tqdm(total=opt_cfg.steps, initial=step, desc=method, unit="step", disable=not progress)
     model.train()
-    prefetch = ThreadPoolExecutor(max_workers=1)
-    upcoming = prefetch.submit(cut_batch, step)
-    while step < opt_cfg.steps:
-        batch = to_device(upcoming.result(), device)
-        if step + 1 < opt_cfg.steps:
-            upcoming = prefetch.submit(cut_batch, step + 1)
+    for cut in prefetched(cut_batch, step, opt_cfg.steps):
+        batch = to_device(cut, device)
         if trainer is not None:
             terms = trainer.step(batch, generator)
             terms = {"loss": ofp_total(terms, cfg.ofp), **terms}
@@ -332,7 +343,6 @@ def train(config_path: Path, resume: bool = False, progress: bool = True) -> Pat
             title = f"teacher ({cfg.model.schedule})" if trainer is None else "One-Step Flow Policy"
             plot_losses(history, out / "loss.png", title)
     bar.close()
-    prefetch.shutdown()
     if writer is not None:
         writer.close()
     return out / "policy.pt"
