@@ -51,6 +51,7 @@ EXTRAS = {
     "dev": [
         "pytest==8.4.2",  # launch_testing needs pytest < 9
         "hypothesis==6.170.15",
+        "pytest-timeout==2.4.0",  # a hung test ends the run with its stack, not CI's limit
         "ruff==0.17.6",
         "colcon-core==0.21.3",
         "colcon-ros==0.5.0",

@@ -16,6 +16,14 @@ from onedp_control.config import from_dict
 from onedp_control.policies.diffusion import ModelConfig
 from onedp_control.sim.world import PnpMilkWorld
 
+# DDS over UDP on loopback only, for this process and every node it starts (they inherit the
+# environment): the tests kill nodes on purpose (the fault suite, a node that does not exit in
+# time), and Fast DDS's shared-memory transport keeps a killed process's segments and port
+# locks in /dev/shm, where they can block a later participant forever (eProsima/Fast-DDS#1144,
+# #6484). A CI run hung, silent, in the first graph test after the one that kills the recorder
+# (test_recording.py), as such a block would.
+os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "UDPv4")
+
 # The smallest model the learning, engine and runtime tests build: as a config file spells it
 # (lists), and as the ModelConfig it becomes.
 TINY_MODEL_FIELDS = {
