@@ -270,6 +270,28 @@ def test_distillation_writes_a_one_step_policy_that_runs(tmp_path, dataset, teac
     assert result["sampler"] == "onestep" and result["nfe"] == 1 and result["episodes"] == 1
 
 
+def test_a_resumed_distillation_matches_an_unbroken_one(tmp_path, dataset, teacher):
+    """The shipped OneDP-S was distilled in two calls (`--resume` with more steps): the
+    generator, its score network and their Adam states continue as in one call."""
+    onedp = {"onedp": {"draws": 2}}
+    for run in "ab":
+        (tmp_path / run).mkdir()
+    assert run_distill(tmp_path / "a", str(dataset), teacher, "onedp-s", 4, **onedp) == 0
+    assert run_distill(tmp_path / "b", str(dataset), teacher, "onedp-s", 2, **onedp) == 0
+    config = tmp_path / "b" / "distill.yaml"
+    config.write_text(config.read_text().replace("steps: 2", "steps: 4"))
+    arguments = ["--method", "onedp-s", "--teacher", str(teacher), "--config", str(config)]
+    assert main(["distill", *arguments, "--resume", "--quiet"]) == 0
+    a, b = (read_checkpoint(tmp_path / run / "onedp-s" / "last.pt") for run in "ab")
+    assert a["step"] == b["step"] == 4
+    for name, losses in a["losses"].items():
+        np.testing.assert_allclose(b["losses"][name], losses, rtol=1e-5)
+    for part in ("generator", "score"):
+        for key, value in a["distiller"][part].items():
+            torch.testing.assert_close(b["distiller"][part][key], value, rtol=1e-5, atol=1e-6)
+    assert [e["steps"] for e in b["lineage"]] == [4, 4]  # the teacher's phase, then one of 4
+
+
 def test_a_teacher_starts_again_from_its_one_step_student(tmp_path, dataset, teacher):
     """A lost teacher is recovered from a shipped student: the generator is the teacher's network,
     so a denoising phase can start from it, and the lineage bills every step before it."""
