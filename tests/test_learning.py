@@ -271,8 +271,9 @@ def test_distillation_writes_a_one_step_policy_that_runs(tmp_path, dataset, teac
 
 
 def test_a_resumed_distillation_matches_an_unbroken_one(tmp_path, dataset, teacher):
-    """The shipped OneDP-S was distilled in two calls (`--resume` with more steps): the
-    generator, its score network and their Adam states continue as in one call."""
+    """The shipped OneDP-S was distilled in two calls (`--resume` with more steps): with the
+    Adam states and the random streams restored, the generator and its score network end as
+    one call leaves them."""
     onedp = {"onedp": {"draws": 2}}
     for run in "ab":
         (tmp_path / run).mkdir()
