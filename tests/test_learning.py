@@ -234,16 +234,20 @@ def teacher(tmp_path_factory, dataset) -> Path:
     return root / "run" / "policy.pt"
 
 
-def run_distill(out: Path, dataset, teacher: Path, method: str, steps: int, **extra) -> int:
-    """`onedp distill` of the tiny teacher for `steps` steps into `out`; `dataset` is a config's
-    `dataset:` (a path or a list of paths)."""
+def run_distill(
+    out: Path, dataset, teacher: Path, method: str, steps: int, resume: bool = False, **extra
+) -> int:
+    """`onedp distill` of the tiny teacher for `steps` steps into `out` (with `resume`: the run
+    there continued to `steps`); `dataset` is a config's `dataset:` (a path or a list of
+    paths)."""
+    out.mkdir(parents=True, exist_ok=True)
     config = out / "distill.yaml"
     train = {"steps": steps, "batch_size": 4, "checkpoint_every": steps, "threads": 1}
     config.write_text(
         yaml.safe_dump({"dataset": dataset, "output_dir": str(out), "train": train, **extra})
     )
     arguments = ["--method", method, "--teacher", str(teacher), "--config", str(config)]
-    return main(["distill", *arguments, "--quiet"])
+    return main(["distill", *arguments, *(["--resume"] if resume else []), "--quiet"])
 
 
 @pytest.mark.parametrize(("method", "draws"), [("onedp-s", 1), ("onedp-d", 1), ("onedp-s", 3)])
@@ -275,14 +279,9 @@ def test_a_resumed_distillation_matches_an_unbroken_one(tmp_path, dataset, teach
     Adam states and the random streams restored, the generator and its score network end as
     one call leaves them."""
     onedp = {"onedp": {"draws": 2}}
-    for run in "ab":
-        (tmp_path / run).mkdir()
     assert run_distill(tmp_path / "a", str(dataset), teacher, "onedp-s", 4, **onedp) == 0
     assert run_distill(tmp_path / "b", str(dataset), teacher, "onedp-s", 2, **onedp) == 0
-    config = tmp_path / "b" / "distill.yaml"
-    config.write_text(config.read_text().replace("steps: 2", "steps: 4"))
-    arguments = ["--method", "onedp-s", "--teacher", str(teacher), "--config", str(config)]
-    assert main(["distill", *arguments, "--resume", "--quiet"]) == 0
+    assert run_distill(tmp_path / "b", str(dataset), teacher, "onedp-s", 4, True, **onedp) == 0
     a, b = (read_checkpoint(tmp_path / run / "onedp-s" / "last.pt") for run in "ab")
     assert a["step"] == b["step"] == 4
     for name, losses in a["losses"].items():
